@@ -1,0 +1,1 @@
+"""PersonaAgent Serve: cross-cutting pieces (settings, CLI, model preparation)."""

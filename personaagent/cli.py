@@ -1,0 +1,94 @@
+"""`personaagent` console script: one entry point with subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+from personaagent.settings import Settings, load_settings
+
+logger = logging.getLogger("personaagent")
+
+
+def _apply_overrides(settings: Settings, args: argparse.Namespace) -> Settings:
+    server = settings.server.model_copy(
+        update={k: v for k, v in {"host": args.host, "port": args.port}.items() if v is not None}
+    )
+    return settings.model_copy(update={"server": server})
+
+
+def cmd_prepare_model(args: argparse.Namespace) -> int:
+    from serving.engine import resolve_model_path
+
+    settings = load_settings(args.config)
+    print(resolve_model_path(settings))
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    # Usage stats would try to reach the internet; this product runs on closed networks.
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import ray
+    from ray import serve
+
+    from serving.app import build_app
+    from serving.engine import resolve_model_path
+
+    settings = _apply_overrides(load_settings(args.config), args)
+    started = time.monotonic()
+    resolve_model_path(settings)  # convert the embedded model here, once, with visible progress
+    Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
+    ray.init(
+        address=settings.ray.address,
+        num_cpus=None if settings.ray.address else settings.ray.num_cpus,
+        include_dashboard=False,
+        configure_logging=True,
+        logging_level=logging.WARNING,
+    )
+    serve.start(http_options={"host": settings.server.host, "port": settings.server.port})
+    serve.run(build_app(settings), name="personaagent", route_prefix="/", blocking=False)
+    ready_s = time.monotonic() - started
+    url = f"http://{settings.server.host}:{settings.server.port}"
+    print(f"PersonaAgent Serve ready at {url}/v1 (model {settings.engine.served_model_name}) in {ready_s:.1f} s", flush=True)
+
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    print("shutting down", flush=True)
+    serve.shutdown()
+    ray.shutdown()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="personaagent", description=__doc__)
+    parser.add_argument("--config", default=None, help="YAML config (default: $PERSONAAGENT_CONFIG or configs/cpu.yaml)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve_p = sub.add_parser("serve", help="start the Ray Serve stack (OpenAI-compatible endpoint)")
+    serve_p.add_argument("--host", default=None)
+    serve_p.add_argument("--port", type=int, default=None)
+    serve_p.set_defaults(func=cmd_serve)
+
+    prep = sub.add_parser("prepare-model", help="convert/cache the configured model and print its path")
+    prep.set_defaults(func=cmd_prepare_model)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,92 @@
+"""The one settings object: configs/*.yaml, overridden by PERSONAAGENT_* environment variables.
+
+Precedence (highest first): constructor arguments, environment (`PERSONAAGENT_ENGINE__MAX_MODEL_LEN=2048`),
+the YAML file named by `PERSONAAGENT_CONFIG` (default `configs/cpu.yaml`), field defaults.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG = REPO_ROOT / "configs" / "cpu.yaml"
+EMBEDDED_MODEL = "embedded:smollm2-135m-instruct"
+
+
+class EngineSettings(BaseModel):
+    """vLLM engine. `model` is a local path, a hub id the operator has cached, or the embedded default."""
+
+    model: str = EMBEDDED_MODEL
+    served_model_name: str = "smollm2-135m-instruct"
+    device: Literal["cpu", "gpu"] = "cpu"
+    dtype: str = "bfloat16"
+    max_model_len: int = Field(4096, ge=256)
+    max_num_seqs: int = Field(64, ge=1)
+    max_num_batched_tokens: int | None = None
+    enable_prefix_caching: bool = True
+    block_size: int | None = None
+    gpu_memory_utilization: float = Field(0.90, gt=0, le=1)
+    tensor_parallel_size: int = Field(1, ge=1)
+    cpu_kvcache_space_gib: int = Field(2, ge=1)
+    seed: int = 0
+    num_replicas: int = Field(1, ge=1)
+    extra_engine_args: dict[str, Any] = Field(default_factory=dict)
+
+
+class ServerSettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    max_body_bytes: int = Field(1_000_000, ge=1024)
+    max_messages: int = Field(256, ge=1)
+    ingress_replicas: int = Field(1, ge=1)
+
+
+class RaySettings(BaseModel):
+    # Logical CPUs advertised to Ray: deployments reserve them for placement, vLLM's threads do the work.
+    num_cpus: int = Field(8, ge=1)
+    address: str | None = None
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="PERSONAAGENT_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    data_dir: Path = REPO_ROOT / "data"
+    model_cache_dir: Path = REPO_ROOT / ".cache" / "models"
+    engine: EngineSettings = Field(default_factory=EngineSettings)
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    ray: RaySettings = Field(default_factory=RaySettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        config_path = Path(os.environ.get("PERSONAAGENT_CONFIG", DEFAULT_CONFIG))
+        yaml_source = YamlConfigSettingsSource(settings_cls, yaml_file=config_path)
+        return (init_settings, env_settings, yaml_source)
+
+
+def load_settings(config: str | Path | None = None, **overrides: Any) -> Settings:
+    """Load settings from `config` (or $PERSONAAGENT_CONFIG) plus environment and overrides."""
+    if config is not None:
+        path = Path(config)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file not found: {path}")
+        os.environ["PERSONAAGENT_CONFIG"] = str(path.resolve())
+    return Settings(**overrides)

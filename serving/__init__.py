@@ -1,0 +1,1 @@
+"""Serving layer: the vLLM engine service and the Ray Serve deployments/builders around it."""

@@ -1,0 +1,39 @@
+"""Application builders: settings -> a bound Ray Serve application (also the serveConfigV2 import path)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray.serve import Application
+
+from personaagent.settings import Settings, load_settings
+from serving.deployments.engine import EngineDeployment
+from serving.deployments.ingress import IngressDeployment
+
+
+def engine_actor_options(settings: Settings) -> dict[str, Any]:
+    engine = settings.engine
+    if engine.device == "gpu":
+        return {"num_cpus": 1, "num_gpus": engine.tensor_parallel_size}
+    return {"num_cpus": 1}
+
+
+def build_app(settings: Settings) -> Application:
+    engine = EngineDeployment.options(
+        num_replicas=settings.engine.num_replicas,
+        ray_actor_options=engine_actor_options(settings),
+        # vLLM batches continuously: let many requests reach it instead of queueing in Serve.
+        max_ongoing_requests=settings.engine.max_num_seqs * 4,
+        health_check_period_s=10,
+        health_check_timeout_s=30,
+    ).bind(settings)
+    return IngressDeployment.options(
+        num_replicas=settings.server.ingress_replicas,
+        ray_actor_options={"num_cpus": 0.5},
+        max_ongoing_requests=1024,
+    ).bind(engine, settings)
+
+
+def app_builder(args: dict[str, Any]) -> Application:
+    """Entry for `serve run serving.app:app_builder config=configs/gpu-mistral-small.yaml` and KubeRay."""
+    return build_app(load_settings(args.get("config")))

