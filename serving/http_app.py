@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -78,7 +79,8 @@ def build_http_app(backend: ChatBackend, settings: Settings) -> FastAPI:
     @app.get("/health", summary="Liveness and readiness: 200 when the engine answers")
     async def health() -> JSONResponse:
         try:
-            await backend.check_health()
+            # Bounded: a probe must answer even while the engine replica is still starting.
+            await asyncio.wait_for(backend.check_health(), timeout=settings.server.health_timeout_s)
         except Exception as exc:  # noqa: BLE001 -- any engine failure means not ready
             return error_response(503, f"engine unhealthy: {type(exc).__name__}")
         return JSONResponse({"status": "ok"})
@@ -93,7 +95,7 @@ def build_http_app(backend: ChatBackend, settings: Settings) -> FastAPI:
         return JSONResponse(await backend.list_models())
 
     @app.post("/v1/chat/completions", summary="OpenAI chat completions (vLLM semantics)")
-    async def chat_completions(request: ChatCompletionRequest) -> Response:
+    async def chat_completions(request: ChatCompletionRequest, raw_request: Request) -> Response:
         if not request.messages:
             raise APIError(400, "messages: must contain at least one message", param="messages")
         if len(request.messages) > settings.server.max_messages:
@@ -102,7 +104,9 @@ def build_http_app(backend: ChatBackend, settings: Settings) -> FastAPI:
                 f"messages: at most {settings.server.max_messages} messages per request",
                 param="messages",
             )
-        body = request.model_dump(exclude_unset=True, mode="json")
+        # Forward the client's JSON as sent: vLLM's request validators rewrite fields (response_format ->
+        # structured_outputs), so a dump of the validated model would not validate the same way again.
+        body = await raw_request.json()
         return await relay_chat(backend.chat(body))
 
     return app
