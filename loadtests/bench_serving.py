@@ -23,8 +23,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from personaagent.settings import load_settings
 from loadtests.servers import ServerProcess, start_our_stack, start_plain_vllm
+from personaagent.settings import load_settings
 
 METRICS = [
     ("request_throughput", "req/s", True),
@@ -35,7 +35,9 @@ METRICS = [
 ]
 
 
-def run_vllm_bench(server: ServerProcess, model: str, tokenizer: str, args: argparse.Namespace) -> dict[str, Any]:
+def run_vllm_bench(
+    server: ServerProcess, model: str, tokenizer: str, args: argparse.Namespace
+) -> dict[str, Any]:
     from vllm.benchmarks.serve import add_cli_args
     from vllm.benchmarks.serve import main as bench_main
     from vllm.utils.argparse_utils import FlexibleArgumentParser
@@ -56,7 +58,9 @@ def run_vllm_bench(server: ServerProcess, model: str, tokenizer: str, args: argp
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config", default=None)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--num-prompts", type=int, default=64)

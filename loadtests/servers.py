@@ -25,7 +25,9 @@ def free_port() -> int:
 class ServerProcess:
     """A server subprocess in its own process group, with its log in a file."""
 
-    def __init__(self, name: str, argv: list[str], port: int, log_dir: Path, env: dict[str, str] | None = None):
+    def __init__(
+        self, name: str, argv: list[str], port: int, log_dir: Path, env: dict[str, str] | None = None
+    ):
         self.name = name
         self.port = port
         self.base_url = f"http://127.0.0.1:{port}"
@@ -67,7 +69,9 @@ class ServerProcess:
 def start_our_stack(settings: Settings, log_dir: Path, data_dir: Path) -> ServerProcess:
     port = free_port()
     env = {"PERSONAAGENT_SERVER__PORT": str(port), "PERSONAAGENT_DATA_DIR": str(data_dir)}
-    return ServerProcess("personaagent", [sys.executable, "-m", "personaagent.cli", "serve"], port, log_dir, env)
+    return ServerProcess(
+        "personaagent", [sys.executable, "-m", "personaagent.cli", "serve"], port, log_dir, env
+    )
 
 
 def start_plain_vllm(settings: Settings, log_dir: Path) -> ServerProcess:

@@ -57,7 +57,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     serve.run(build_app(settings), name="personaagent", route_prefix="/", blocking=False)
     ready_s = time.monotonic() - started
     url = f"http://{settings.server.host}:{settings.server.port}"
-    print(f"PersonaAgent Serve ready at {url}/v1 (model {settings.engine.served_model_name}) in {ready_s:.1f} s", flush=True)
+    print(
+        f"PersonaAgent Serve ready at {url}/v1 (model {settings.engine.served_model_name}) in {ready_s:.1f} s",
+        flush=True,
+    )
 
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -71,7 +74,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="personaagent", description=__doc__)
-    parser.add_argument("--config", default=None, help="YAML config (default: $PERSONAAGENT_CONFIG or configs/cpu.yaml)")
+    parser.add_argument(
+        "--config", default=None, help="YAML config (default: $PERSONAAGENT_CONFIG or configs/cpu.yaml)"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve_p = sub.add_parser("serve", help="start the Ray Serve stack (OpenAI-compatible endpoint)")

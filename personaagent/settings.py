@@ -59,9 +59,7 @@ class RaySettings(BaseModel):
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(
-        env_prefix="PERSONAAGENT_", env_nested_delimiter="__", extra="forbid"
-    )
+    model_config = SettingsConfigDict(env_prefix="PERSONAAGENT_", env_nested_delimiter="__", extra="forbid")
 
     data_dir: Path = REPO_ROOT / "data"
     model_cache_dir: Path = REPO_ROOT / ".cache" / "models"

@@ -96,9 +96,7 @@ class EngineService:
         model_path = resolve_model_path(self.settings)
         args = parse_vllm_args(build_engine_cli_args(self.settings, model_path))
         engine_args = AsyncEngineArgs.from_cli_args(args)
-        self._engine = AsyncLLM.from_engine_args(
-            engine_args, usage_context=UsageContext.OPENAI_API_SERVER
-        )
+        self._engine = AsyncLLM.from_engine_args(engine_args, usage_context=UsageContext.OPENAI_API_SERVER)
         state = State()
         supported_tasks = await self._engine.get_supported_tasks()
         await init_app_state(self._engine, state, args, supported_tasks=supported_tasks)
@@ -148,7 +146,7 @@ class EngineService:
             return
         try:
             result = await self.serving_chat.create_chat_completion(request, raw_request=None)
-        except Exception as exc:  # noqa: BLE001 -- vLLM maps its exceptions to HTTP errors itself
+        except Exception as exc:
             # vLLM raises validation errors (e.g. max_tokens > context); its own server turns them into
             # ErrorResponses through the serving object, so we do the same (as Ray Serve LLM does).
             result = self.serving_chat.create_error_response(exc)

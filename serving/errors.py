@@ -25,20 +25,28 @@ _TYPE_BY_STATUS = {
 class APIError(Exception):
     """Raised anywhere in a route to return an OpenAI-style error."""
 
-    def __init__(self, status: int, message: str, *, param: str | None = None, type_: str | None = None) -> None:
+    def __init__(
+        self, status: int, message: str, *, param: str | None = None, type_: str | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.param = param
-        self.type = type_ or _TYPE_BY_STATUS.get(status, "server_error" if status >= 500 else "invalid_request_error")
+        self.type = type_ or _TYPE_BY_STATUS.get(
+            status, "server_error" if status >= 500 else "invalid_request_error"
+        )
 
 
-def error_payload(status: int, message: str, *, param: str | None = None, type_: str | None = None) -> dict[str, Any]:
+def error_payload(
+    status: int, message: str, *, param: str | None = None, type_: str | None = None
+) -> dict[str, Any]:
     err = APIError(status, message, param=param, type_=type_)
     return {"error": {"message": err.message, "type": err.type, "param": err.param, "code": status}}
 
 
-def error_response(status: int, message: str, *, param: str | None = None, type_: str | None = None) -> JSONResponse:
+def error_response(
+    status: int, message: str, *, param: str | None = None, type_: str | None = None
+) -> JSONResponse:
     return JSONResponse(error_payload(status, message, param=param, type_=type_), status_code=status)
 
 

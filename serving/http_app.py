@@ -67,7 +67,11 @@ def build_http_app(backend: ChatBackend, settings: Settings) -> FastAPI:
             response: Response = error_response(
                 413, f"request body of {declared} bytes exceeds the limit of {max_body} bytes"
             )
-        elif declared is None and request.method in {"POST", "PUT", "PATCH"} and len(await request.body()) > max_body:
+        elif (
+            declared is None
+            and request.method in {"POST", "PUT", "PATCH"}
+            and len(await request.body()) > max_body
+        ):
             response = error_response(413, f"request body exceeds the limit of {max_body} bytes")
         else:
             response = await call_next(request)
@@ -81,7 +85,7 @@ def build_http_app(backend: ChatBackend, settings: Settings) -> FastAPI:
         try:
             # Bounded: a probe must answer even while the engine replica is still starting.
             await asyncio.wait_for(backend.check_health(), timeout=settings.server.health_timeout_s)
-        except Exception as exc:  # noqa: BLE001 -- any engine failure means not ready
+        except Exception as exc:
             return error_response(503, f"engine unhealthy: {type(exc).__name__}")
         return JSONResponse({"status": "ok"})
 
@@ -127,7 +131,7 @@ async def relay_chat(items: AsyncIterator[dict[str, Any] | str]) -> Response:
         try:
             async for chunk in items:
                 yield chunk if isinstance(chunk, str) else f"data: {json.dumps(chunk)}\n\n"
-        except Exception as exc:  # noqa: BLE001 -- headers are sent; report the error in-band
+        except Exception as exc:
             payload = {"error": {"message": str(exc), "type": "server_error", "param": None, "code": 500}}
             yield f"data: {json.dumps(payload)}\n\ndata: [DONE]\n\n"
 

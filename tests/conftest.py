@@ -60,14 +60,18 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     try:
         while True:
             if proc.poll() is not None:
-                raise RuntimeError(f"stack exited with {proc.returncode}; log:\n{log_path.read_text()[-5000:]}")
+                raise RuntimeError(
+                    f"stack exited with {proc.returncode}; log:\n{log_path.read_text()[-5000:]}"
+                )
             try:
                 if httpx.get(f"{base_url}/health", timeout=5).status_code == 200:
                     break
             except httpx.HTTPError:
                 pass
             if time.monotonic() > deadline:
-                raise TimeoutError(f"stack not ready in {STACK_START_TIMEOUT_S} s; log:\n{log_path.read_text()[-5000:]}")
+                raise TimeoutError(
+                    f"stack not ready in {STACK_START_TIMEOUT_S} s; log:\n{log_path.read_text()[-5000:]}"
+                )
             time.sleep(2)
         yield Stack(base_url, data_dir, log_path)
     finally:

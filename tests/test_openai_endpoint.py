@@ -136,7 +136,9 @@ def test_bad_request_bodies(stack: Stack, payload: dict, status: int, param: str
 def test_malformed_json(stack: Stack) -> None:
     with stack.http() as http:
         resp = http.post(
-            "/v1/chat/completions", content=b'{"model": "x", "messages": [', headers={"content-type": "application/json"}
+            "/v1/chat/completions",
+            content=b'{"model": "x", "messages": [',
+            headers={"content-type": "application/json"},
         )
         _assert_openai_error(resp, 400)
         _assert_openai_error(http.post("/v1/chat/completions", content=b"[1, 2]",
@@ -152,7 +154,9 @@ def test_unknown_route_and_method(stack: Stack) -> None:
 def test_oversized_body_is_413(stack: Stack) -> None:
     big = "x" * 1_100_000
     with stack.http() as http:
-        resp = http.post("/v1/chat/completions", json={"model": MODEL, "messages": [{"role": "user", "content": big}]})
+        resp = http.post(
+            "/v1/chat/completions", json={"model": MODEL, "messages": [{"role": "user", "content": big}]}
+        )
     _assert_openai_error(resp, 413)
 
 
@@ -161,6 +165,10 @@ def test_openai_client_sees_typed_errors_and_server_keeps_serving(stack: Stack) 
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(model="nope", messages=[{"role": "user", "content": "hi"}])
     with pytest.raises(openai.BadRequestError):
-        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=10**6)
-    ok = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=4)
+        client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=10**6
+        )
+    ok = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=4
+    )
     assert ok.choices[0].message.content is not None

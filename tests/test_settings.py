@@ -31,14 +31,12 @@ def test_gpu_config_differs_only_by_file(monkeypatch: pytest.MonkeyPatch) -> Non
     assert args.tokenizer_mode == "mistral"
 
 
-
 def test_environment_overrides_yaml(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PERSONAAGENT_ENGINE__MAX_MODEL_LEN", "2048")
     monkeypatch.setenv("PERSONAAGENT_SERVER__PORT", "9001")
     settings = load_settings(REPO_ROOT / "configs" / "cpu.yaml")
     assert settings.engine.max_model_len == 2048
     assert settings.server.port == 9001
-
 
 
 def test_invalid_settings_are_rejected(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -51,7 +49,6 @@ def test_invalid_settings_are_rejected(tmp_path: Path, monkeypatch: pytest.Monke
         load_settings(bad)
     with pytest.raises(FileNotFoundError):
         load_settings(tmp_path / "missing.yaml")
-
 
 
 def test_cpu_engine_args_enable_prefix_caching_and_priority(monkeypatch: pytest.MonkeyPatch) -> None:
