@@ -52,6 +52,26 @@ class ServerSettings(BaseModel):
     health_timeout_s: float = Field(3.0, gt=0)
 
 
+class MemorySettings(BaseModel):
+    """Episodic (FAISS) and semantic (profile) memory, and the user data API's limits."""
+
+    db_filename: str = "personaagent.db"
+    device: Literal["auto", "cpu", "gpu"] = "auto"
+    default_k: int = Field(4, ge=1)
+    max_k: int = Field(50, ge=1)
+    max_import_items: int = Field(1000, ge=1)
+    max_input_chars: int = Field(20_000, ge=1)
+    max_query_chars: int = Field(4_000, ge=1)
+    embed_batch_size: int = Field(64, ge=1)
+    search_batch_size: int = Field(32, ge=1)
+    batch_wait_s: float = Field(0.002, ge=0)
+    profile_refresh_every: int = Field(20, ge=1, description="refresh the profile after N new interactions")
+    profile_max_words: int = Field(80, ge=10)
+    profile_max_input_chars: int = Field(4000, ge=200)
+    profile_on_import: bool = True
+    num_replicas: int = Field(1, ge=1)
+
+
 class RaySettings(BaseModel):
     # Logical CPUs advertised to Ray: deployments reserve them for placement, vLLM's threads do the work.
     num_cpus: int = Field(8, ge=1)
@@ -65,6 +85,7 @@ class Settings(BaseSettings):
     model_cache_dir: Path = REPO_ROOT / ".cache" / "models"
     engine: EngineSettings = Field(default_factory=EngineSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
+    memory: MemorySettings = Field(default_factory=MemorySettings)
     ray: RaySettings = Field(default_factory=RaySettings)
 
     @classmethod

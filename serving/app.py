@@ -9,6 +9,7 @@ from ray.serve import Application
 from personaagent.settings import Settings, load_settings
 from serving.deployments.engine import EngineDeployment
 from serving.deployments.ingress import IngressDeployment
+from serving.deployments.memory import MemoryDeployment
 
 
 def engine_actor_options(settings: Settings) -> dict[str, Any]:
@@ -27,11 +28,17 @@ def build_app(settings: Settings) -> Application:
         health_check_period_s=10,
         health_check_timeout_s=30,
     ).bind(settings)
+    memory = MemoryDeployment.options(
+        # One replica owns the SQLite file and its index; more replicas need a server database.
+        num_replicas=settings.memory.num_replicas,
+        ray_actor_options={"num_cpus": 0.5},
+        max_ongoing_requests=512,
+    ).bind(engine, settings)
     return IngressDeployment.options(
         num_replicas=settings.server.ingress_replicas,
         ray_actor_options={"num_cpus": 0.5},
         max_ongoing_requests=1024,
-    ).bind(engine, settings)
+    ).bind(engine, memory, settings)
 
 
 def app_builder(args: dict[str, Any]) -> Application:

@@ -16,6 +16,7 @@ from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionReque
 from personaagent.settings import Settings
 from serving.backend import ChatBackend
 from serving.errors import APIError, error_response, from_engine_error, install_error_handlers
+from serving.user_routes import build_user_router
 
 
 class HTTPMetrics:
@@ -46,7 +47,7 @@ def _route_label(request: Request) -> str:
     return getattr(route, "path", "unmatched")
 
 
-def build_http_app(backend: ChatBackend, settings: Settings) -> FastAPI:
+def build_http_app(backend: ChatBackend, settings: Settings, memory: Any | None = None) -> FastAPI:
     app = FastAPI(
         title="PersonaAgent Serve",
         version="0.1.0",
@@ -113,6 +114,8 @@ def build_http_app(backend: ChatBackend, settings: Settings) -> FastAPI:
         body = await raw_request.json()
         return await relay_chat(backend.chat(body))
 
+    if memory is not None:
+        app.include_router(build_user_router(memory, settings))
     return app
 
 

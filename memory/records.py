@@ -1,0 +1,100 @@
+"""Pydantic models for stored records and the user data API."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+
+USER_ID_PATTERN = r"^[A-Za-z0-9._@-]{1,128}$"
+USER_ID_RE = re.compile(USER_ID_PATTERN)
+UserId = Annotated[str, StringConstraints(pattern=USER_ID_PATTERN)]
+
+Source = Literal["import", "chat", "feedback", "eval"]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class InteractionIn(BaseModel):
+    """One item of a history import (e.g. a LaMP profile item rendered as input/output)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input: str = Field(min_length=1, description="what the user asked or did")
+    output: str | None = Field(None, description="the answer / ground truth, if known")
+    timestamp: datetime | None = Field(None, description="when it happened (default: now)")
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("input")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("input must not be blank")
+        return value
+
+
+class Interaction(BaseModel):
+    id: int
+    user_id: str
+    input: str
+    output: str | None
+    timestamp: datetime
+    metadata: dict[str, Any]
+    source: Source
+    created_at: datetime
+
+
+class MemoryHit(BaseModel):
+    interaction: Interaction
+    score: float = Field(description="cosine similarity (normalized embeddings, inner product)")
+
+
+class Profile(BaseModel):
+    """Semantic memory: an LLM-written summary of the user."""
+
+    user_id: str
+    version: int
+    text: str
+    interactions_covered: int
+    created_at: datetime
+    prompt: str = Field(description="name@version of the prompt template that wrote it")
+
+
+class PersonaVersion(BaseModel):
+    user_id: str
+    version: int
+    text: str
+    reason: Literal["init", "manual", "alignment", "rollback"]
+    parent: int | None
+    created_at: datetime
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
+class UserRecord(BaseModel):
+    user_id: str
+    created_at: datetime
+    interactions_since_profile: int = 0
+    ground_truth_since_alignment: int = 0
+
+
+class ImportResult(BaseModel):
+    user_id: str
+    ids: list[int]
+
+
+class SearchResult(BaseModel):
+    user_id: str
+    query: str
+    k: int
+    hits: list[MemoryHit]
+
+
+class UserExport(BaseModel):
+    user: UserRecord
+    interactions: list[Interaction]
+    profiles: list[Profile]
+    personas: list[PersonaVersion]

@@ -1,0 +1,175 @@
+"""The memory service: durable store + episodic FAISS index + semantic profile. No Ray, no HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from memory.embedder import Embedder
+from memory.index import EpisodicIndex
+from memory.profile import ProfileWriter
+from memory.records import (
+    Interaction,
+    InteractionIn,
+    MemoryHit,
+    Profile,
+    Source,
+    UserExport,
+)
+from memory.store import SQLiteStore, Store
+from personaagent.settings import MemorySettings, Settings
+
+logger = logging.getLogger(__name__)
+
+
+def embedding_text(item: InteractionIn | Interaction) -> str:
+    """What an interaction is retrieved by: its input, and its answer/label when known."""
+    return f"{item.input}\n{item.output}" if item.output else item.input
+
+
+class MemoryService:
+    def __init__(
+        self,
+        store: Store,
+        embedder: Embedder,
+        index: EpisodicIndex,
+        settings: MemorySettings,
+        profile_writer: ProfileWriter | None = None,
+    ) -> None:
+        self.store = store
+        self.embedder = embedder
+        self.index = index
+        self.settings = settings
+        self.profile_writer = profile_writer
+        self._profile_tasks: dict[str, asyncio.Task[Profile | None]] = {}
+        self.rebuild_index()
+
+    @classmethod
+    def open(cls, settings: Settings, profile_writer: ProfileWriter | None = None) -> MemoryService:
+        db_path = Path(settings.data_dir) / settings.memory.db_filename
+        embedder = Embedder(batch_size=settings.memory.embed_batch_size)
+        index = EpisodicIndex(embedder.dim, settings.memory.device)
+        return cls(SQLiteStore(db_path), embedder, index, settings.memory, profile_writer)
+
+    def rebuild_index(self) -> int:
+        """The index is derived data: rebuild it from the embeddings stored in the database."""
+        for user_id in self.index.users():
+            self.index.remove_user(user_id)
+        for user_id, ids, vectors in self.store.iter_embeddings():
+            self.index.add(user_id, ids, vectors)
+        total = self.index.total()
+        logger.info("episodic index rebuilt from the database: %d vectors on %s", total, self.index.device)
+        return total
+
+    # -- writes ------------------------------------------------------------------------------------
+
+    def add_interactions_sync(
+        self, user_id: str, items: Sequence[InteractionIn], source: Source, vectors: np.ndarray | None = None
+    ) -> list[int]:
+        if vectors is None:
+            vectors = self.embedder.encode([embedding_text(i) for i in items])
+        ids = self.store.add_interactions(user_id, items, vectors, source)  # committed here
+        self.index.add(user_id, np.asarray(ids, dtype=np.int64), vectors)
+        return ids
+
+    async def import_interactions(
+        self, user_id: str, items: Sequence[InteractionIn], source: Source = "import"
+    ) -> list[int]:
+        ids = await asyncio.to_thread(self.add_interactions_sync, user_id, items, source)
+        self.maybe_refresh_profile(user_id)
+        return ids
+
+    def delete_user(self, user_id: str) -> bool:
+        existed = self.store.delete_user(user_id)
+        self.index.remove_user(user_id)
+        task = self._profile_tasks.pop(user_id, None)
+        if task is not None:
+            task.cancel()
+        return existed
+
+    # -- reads -------------------------------------------------------------------------------------
+
+    def user_exists(self, user_id: str) -> bool:
+        return self.store.get_user(user_id) is not None
+
+    def search_vectors(
+        self, user_id: str, vectors: np.ndarray, k: int, exclude_ids: Sequence[int] = ()
+    ) -> list[list[MemoryHit]]:
+        excluded = set(exclude_ids)
+        raw = self.index.search(user_id, vectors, k + len(excluded))
+        out: list[list[MemoryHit]] = []
+        for row in raw:
+            kept = [(i, s) for i, s in row if i not in excluded][:k]
+            rows = {r.id: r for r in self.store.get_interactions([i for i, _ in kept])}
+            # A row deleted between search and fetch is skipped, never substituted.
+            out.append([MemoryHit(interaction=rows[i], score=s) for i, s in kept if i in rows])
+        return out
+
+    async def search(
+        self, user_id: str, query: str, k: int, exclude_ids: Sequence[int] = ()
+    ) -> list[MemoryHit]:
+        vectors = await asyncio.to_thread(self.embedder.encode, [query])
+        return self.search_vectors(user_id, vectors, k, exclude_ids)[0]
+
+    def get_profile(self, user_id: str) -> Profile | None:
+        return self.store.latest_profile(user_id)
+
+    def export(self, user_id: str) -> UserExport | None:
+        user = self.store.get_user(user_id)
+        if user is None:
+            return None
+        return UserExport(
+            user=user,
+            interactions=self.store.list_interactions(user_id),
+            profiles=self.store.list_profiles(user_id),
+            personas=self.store.list_personas(user_id),
+        )
+
+    # -- semantic memory ---------------------------------------------------------------------------
+
+    async def refresh_profile(self, user_id: str) -> Profile | None:
+        """Write a new profile version from the user's latest interactions (None: unknown user)."""
+        if self.profile_writer is None:
+            raise RuntimeError("no LLM configured for profile writing")
+        user = self.store.get_user(user_id)
+        if user is None:
+            return None
+        recent = self.store.list_interactions(user_id, limit=200)
+        text = await self.profile_writer.write(user_id, recent)
+        if not self.user_exists(user_id):  # erased while the LLM was writing: do not resurrect
+            return None
+        return self.store.add_profile(user_id, text, len(recent), self.profile_writer.prompt_ref)
+
+    def maybe_refresh_profile(self, user_id: str) -> None:
+        """Start a background profile refresh when the user has none yet or N new interactions."""
+        if self.profile_writer is None or not self.settings.profile_on_import:
+            return
+        user = self.store.get_user(user_id)
+        if user is None or user_id in self._profile_tasks:
+            return
+        due = self.store.latest_profile(user_id) is None or (
+            user.interactions_since_profile >= self.settings.profile_refresh_every
+        )
+        if not due:
+            return
+        task = asyncio.get_running_loop().create_task(self.refresh_profile(user_id))
+        self._profile_tasks[user_id] = task
+
+        def _done(t: asyncio.Task[Profile | None]) -> None:
+            self._profile_tasks.pop(user_id, None)
+            if not t.cancelled() and t.exception() is not None:
+                logger.warning("profile refresh for %s failed: %s", user_id, t.exception())
+
+        task.add_done_callback(_done)
+
+    async def wait_for_profile_tasks(self) -> None:
+        tasks = list(self._profile_tasks.values())
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    def close(self) -> None:
+        self.store.close()

@@ -1,0 +1,300 @@
+"""Durable per-user store (the source of truth). SQLite by default; the `Store` protocol is the seam
+where a server database (PostgreSQL via SQLAlchemy/psycopg) plugs in for multi-node deployments.
+
+Every write runs in one transaction and is committed before the method returns, so an API that
+acknowledges after calling it never acknowledges a write that a crash could lose (WAL, synchronous=FULL).
+Embeddings are stored beside each interaction: the FAISS index is derived data that can be rebuilt from
+the database alone, without re-embedding.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from memory.records import Interaction, InteractionIn, PersonaVersion, Profile, Source, UserRecord, utcnow
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS users (
+    user_id TEXT PRIMARY KEY,
+    created_at TEXT NOT NULL,
+    interactions_since_profile INTEGER NOT NULL DEFAULT 0,
+    ground_truth_since_alignment INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS interactions (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    user_id TEXT NOT NULL REFERENCES users(user_id) ON DELETE CASCADE,
+    input TEXT NOT NULL,
+    output TEXT,
+    timestamp TEXT NOT NULL,
+    metadata TEXT NOT NULL,
+    source TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    embedding BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS interactions_user ON interactions(user_id, id);
+CREATE TABLE IF NOT EXISTS profiles (
+    user_id TEXT NOT NULL REFERENCES users(user_id) ON DELETE CASCADE,
+    version INTEGER NOT NULL,
+    text TEXT NOT NULL,
+    interactions_covered INTEGER NOT NULL,
+    prompt TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    PRIMARY KEY (user_id, version)
+);
+CREATE TABLE IF NOT EXISTS personas (
+    user_id TEXT NOT NULL REFERENCES users(user_id) ON DELETE CASCADE,
+    version INTEGER NOT NULL,
+    text TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    parent INTEGER,
+    created_at TEXT NOT NULL,
+    details TEXT NOT NULL,
+    PRIMARY KEY (user_id, version)
+);
+"""
+
+
+class Store(Protocol):
+    """What the memory service needs from a database."""
+
+    def add_interactions(
+        self, user_id: str, items: Sequence[InteractionIn], embeddings: np.ndarray, source: Source
+    ) -> list[int]: ...
+    def get_user(self, user_id: str) -> UserRecord | None: ...
+    def list_user_ids(self) -> list[str]: ...
+    def get_interactions(self, ids: Sequence[int]) -> list[Interaction]: ...
+    def list_interactions(self, user_id: str, limit: int | None = None) -> list[Interaction]: ...
+    def iter_embeddings(self) -> Iterator[tuple[str, np.ndarray, np.ndarray]]: ...
+    def add_profile(self, user_id: str, text: str, covered: int, prompt: str) -> Profile: ...
+    def latest_profile(self, user_id: str) -> Profile | None: ...
+    def list_profiles(self, user_id: str) -> list[Profile]: ...
+    def add_persona(
+        self, user_id: str, text: str, reason: str, parent: int | None, details: dict[str, Any]
+    ) -> PersonaVersion: ...
+    def list_personas(self, user_id: str) -> list[PersonaVersion]: ...
+    def delete_user(self, user_id: str) -> bool: ...
+    def close(self) -> None: ...
+
+
+def _ts(value: datetime) -> str:
+    return value.isoformat()
+
+
+class SQLiteStore:
+    """`Store` on one SQLite file in WAL mode. Thread-safe: one connection, serialized by a lock."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._lock = threading.RLock()
+        self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._conn.row_factory = sqlite3.Row
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=FULL")
+        self._conn.execute("PRAGMA foreign_keys=ON")
+        self._conn.executescript(SCHEMA)
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            return self._conn.execute(sql, params).fetchall()
+
+    # -- users -------------------------------------------------------------------------------------
+
+    def _ensure_user(self, conn: sqlite3.Connection, user_id: str) -> None:
+        conn.execute(
+            "INSERT OR IGNORE INTO users(user_id, created_at) VALUES (?, ?)", (user_id, _ts(utcnow()))
+        )
+
+    def get_user(self, user_id: str) -> UserRecord | None:
+        rows = self._query("SELECT * FROM users WHERE user_id = ?", (user_id,))
+        return UserRecord(**dict(rows[0])) if rows else None
+
+    def ensure_user(self, user_id: str) -> UserRecord:
+        with self._tx() as conn:
+            self._ensure_user(conn, user_id)
+        user = self.get_user(user_id)
+        assert user is not None
+        return user
+
+    def list_user_ids(self) -> list[str]:
+        return [r["user_id"] for r in self._query("SELECT user_id FROM users ORDER BY user_id")]
+
+    def delete_user(self, user_id: str) -> bool:
+        with self._tx() as conn:
+            for table in ("interactions", "profiles", "personas"):
+                conn.execute(f"DELETE FROM {table} WHERE user_id = ?", (user_id,))
+            deleted = conn.execute("DELETE FROM users WHERE user_id = ?", (user_id,)).rowcount
+        return deleted > 0
+
+    # -- interactions ------------------------------------------------------------------------------
+
+    def add_interactions(
+        self, user_id: str, items: Sequence[InteractionIn], embeddings: np.ndarray, source: Source
+    ) -> list[int]:
+        if len(items) != len(embeddings):
+            raise ValueError("one embedding per interaction")
+        now = _ts(utcnow())
+        ids: list[int] = []
+        with self._tx() as conn:
+            self._ensure_user(conn, user_id)
+            for item, vector in zip(items, embeddings, strict=True):
+                cur = conn.execute(
+                    "INSERT INTO interactions(user_id, input, output, timestamp, metadata, source, created_at,"
+                    " embedding) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        user_id,
+                        item.input,
+                        item.output,
+                        _ts(item.timestamp or utcnow()),
+                        json.dumps(item.metadata),
+                        source,
+                        now,
+                        np.asarray(vector, dtype=np.float32).tobytes(),
+                    ),
+                )
+                ids.append(int(cur.lastrowid or 0))
+            with_truth = sum(1 for item in items if item.output is not None)
+            conn.execute(
+                "UPDATE users SET interactions_since_profile = interactions_since_profile + ?,"
+                " ground_truth_since_alignment = ground_truth_since_alignment + ? WHERE user_id = ?",
+                (len(items), with_truth, user_id),
+            )
+        return ids
+
+    @staticmethod
+    def _interaction(row: sqlite3.Row) -> Interaction:
+        return Interaction(
+            id=row["id"],
+            user_id=row["user_id"],
+            input=row["input"],
+            output=row["output"],
+            timestamp=row["timestamp"],
+            metadata=json.loads(row["metadata"]),
+            source=row["source"],
+            created_at=row["created_at"],
+        )
+
+    _COLUMNS = "id, user_id, input, output, timestamp, metadata, source, created_at"
+
+    def get_interactions(self, ids: Sequence[int]) -> list[Interaction]:
+        if not ids:
+            return []
+        marks = ",".join("?" * len(ids))
+        rows = self._query(f"SELECT {self._COLUMNS} FROM interactions WHERE id IN ({marks})", list(ids))
+        by_id = {r["id"]: self._interaction(r) for r in rows}
+        return [by_id[i] for i in ids if i in by_id]
+
+    def list_interactions(self, user_id: str, limit: int | None = None) -> list[Interaction]:
+        sql = f"SELECT {self._COLUMNS} FROM interactions WHERE user_id = ? ORDER BY id DESC"
+        params: list[Any] = [user_id]
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(limit)
+        return [self._interaction(r) for r in self._query(sql, params)]
+
+    def iter_embeddings(self) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+        """(user_id, ids, vectors) per user: everything the index needs to rebuild itself."""
+        for user_id in self.list_user_ids():
+            rows = self._query(
+                "SELECT id, embedding FROM interactions WHERE user_id = ? ORDER BY id", (user_id,)
+            )
+            if not rows:
+                continue
+            ids = np.fromiter((r["id"] for r in rows), dtype=np.int64, count=len(rows))
+            vectors = np.stack([np.frombuffer(r["embedding"], dtype=np.float32) for r in rows])
+            yield user_id, ids, vectors
+
+    def count_interactions(self, user_id: str | None = None) -> int:
+        if user_id is None:
+            return int(self._query("SELECT COUNT(*) AS n FROM interactions")[0]["n"])
+        return int(
+            self._query("SELECT COUNT(*) AS n FROM interactions WHERE user_id = ?", (user_id,))[0]["n"]
+        )
+
+    # -- semantic memory ---------------------------------------------------------------------------
+
+    def add_profile(self, user_id: str, text: str, covered: int, prompt: str) -> Profile:
+        now = utcnow()
+        with self._tx() as conn:
+            self._ensure_user(conn, user_id)
+            version = conn.execute(
+                "SELECT COALESCE(MAX(version), 0) + 1 FROM profiles WHERE user_id = ?", (user_id,)
+            ).fetchone()[0]
+            conn.execute(
+                "INSERT INTO profiles(user_id, version, text, interactions_covered, prompt, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (user_id, version, text, covered, prompt, _ts(now)),
+            )
+            conn.execute("UPDATE users SET interactions_since_profile = 0 WHERE user_id = ?", (user_id,))
+        return Profile(
+            user_id=user_id,
+            version=version,
+            text=text,
+            interactions_covered=covered,
+            created_at=now,
+            prompt=prompt,
+        )
+
+    def list_profiles(self, user_id: str) -> list[Profile]:
+        rows = self._query("SELECT * FROM profiles WHERE user_id = ? ORDER BY version", (user_id,))
+        return [Profile(**dict(r)) for r in rows]
+
+    def latest_profile(self, user_id: str) -> Profile | None:
+        rows = self._query(
+            "SELECT * FROM profiles WHERE user_id = ? ORDER BY version DESC LIMIT 1", (user_id,)
+        )
+        return Profile(**dict(rows[0])) if rows else None
+
+    # -- personas ----------------------------------------------------------------------------------
+
+    def add_persona(
+        self, user_id: str, text: str, reason: str, parent: int | None, details: dict[str, Any]
+    ) -> PersonaVersion:
+        now = utcnow()
+        with self._tx() as conn:
+            self._ensure_user(conn, user_id)
+            version = conn.execute(
+                "SELECT COALESCE(MAX(version), 0) + 1 FROM personas WHERE user_id = ?", (user_id,)
+            ).fetchone()[0]
+            conn.execute(
+                "INSERT INTO personas(user_id, version, text, reason, parent, created_at, details)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (user_id, version, text, reason, parent, _ts(now), json.dumps(details)),
+            )
+        return PersonaVersion(
+            user_id=user_id,
+            version=version,
+            text=text,
+            reason=reason,
+            parent=parent,
+            created_at=now,
+            details=details,
+        )  # type: ignore[arg-type]
+
+    def list_personas(self, user_id: str) -> list[PersonaVersion]:
+        rows = self._query("SELECT * FROM personas WHERE user_id = ? ORDER BY version", (user_id,))
+        return [PersonaVersion(**{**dict(r), "details": json.loads(r["details"])}) for r in rows]
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()

@@ -1,0 +1,98 @@
+"""Ray Serve deployment around `memory.service.MemoryService`.
+
+Concurrent searches are gathered with `serve.batch`: their queries are embedded in one encoder call,
+then each is answered from its own user's index. Concurrent imports are gathered the same way so the
+embedder sees one large batch instead of many small ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from ray import serve
+
+from agent.llm import LLM
+from memory.profile import ProfileWriter
+from memory.records import InteractionIn, MemoryHit, Profile, Source, UserExport
+from memory.service import MemoryService, embedding_text
+from personaagent.settings import Settings
+from serving.backend import EngineHandleBackend
+
+
+@serve.deployment(name="memory")
+class MemoryDeployment:
+    def __init__(self, engine: Any, settings: Settings) -> None:
+        mem = settings.memory
+        llm = LLM(EngineHandleBackend(engine), settings.engine.served_model_name)
+        writer = ProfileWriter(
+            llm, max_words=mem.profile_max_words, max_input_chars=mem.profile_max_input_chars
+        )
+        self.service = MemoryService.open(settings, writer)
+        self._search_batch.set_max_batch_size(mem.search_batch_size)
+        self._search_batch.set_batch_wait_timeout_s(mem.batch_wait_s)
+        self._import_batch.set_max_batch_size(16)
+        self._import_batch.set_batch_wait_timeout_s(mem.batch_wait_s)
+
+    # -- batched paths -----------------------------------------------------------------------------
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
+    async def _search_batch(
+        self, requests: list[tuple[str, str, int, tuple[int, ...]]]
+    ) -> list[list[MemoryHit]]:
+        svc = self.service
+        vectors = await asyncio.to_thread(svc.embedder.encode, [query for _, query, _, _ in requests])
+        return [
+            svc.search_vectors(user_id, vectors[i : i + 1], k, exclude)[0]
+            for i, (user_id, _, k, exclude) in enumerate(requests)
+        ]
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)
+    async def _import_batch(self, requests: list[tuple[str, list[InteractionIn], Source]]) -> list[list[int]]:
+        svc = self.service
+        texts = [embedding_text(item) for _, items, _ in requests for item in items]
+        vectors = await asyncio.to_thread(svc.embedder.encode, texts)
+        results: list[list[int]] = []
+        offset = 0
+        for user_id, items, source in requests:
+            chunk = vectors[offset : offset + len(items)]
+            offset += len(items)
+            results.append(await asyncio.to_thread(svc.add_interactions_sync, user_id, items, source, chunk))
+        return results
+
+    # -- API used by the ingress and the agent -----------------------------------------------------
+
+    async def import_interactions(
+        self, user_id: str, items: list[InteractionIn], source: Source = "import"
+    ) -> list[int]:
+        ids = await self._import_batch((user_id, items, source))
+        self.service.maybe_refresh_profile(user_id)
+        return ids
+
+    async def search(
+        self, user_id: str, query: str, k: int, exclude_ids: tuple[int, ...] = ()
+    ) -> list[MemoryHit] | None:
+        if not self.service.user_exists(user_id):
+            return None
+        return await self._search_batch((user_id, query, k, tuple(exclude_ids)))
+
+    async def search_unbatched(self, user_id: str, query: str, k: int) -> list[MemoryHit] | None:
+        if not self.service.user_exists(user_id):
+            return None
+        return await self.service.search(user_id, query, k)
+
+    async def get_profile(self, user_id: str) -> tuple[bool, Profile | None]:
+        """(user exists, latest profile)."""
+        return self.service.user_exists(user_id), self.service.get_profile(user_id)
+
+    async def refresh_profile(self, user_id: str) -> Profile | None:
+        return await self.service.refresh_profile(user_id)
+
+    async def export(self, user_id: str) -> UserExport | None:
+        return self.service.export(user_id)
+
+    async def delete_user(self, user_id: str) -> bool:
+        return self.service.delete_user(user_id)
+
+    async def stats(self) -> dict[str, Any]:
+        return {"vectors": self.service.index.total(), "device": self.service.index.device}

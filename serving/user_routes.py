@@ -1,0 +1,94 @@
+"""User data API: history import, episodic search, semantic profile, export, erase."""
+
+# No `from __future__ import annotations`: FastAPI must resolve the closures in Query()/Path() here.
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Query
+from pydantic import BaseModel
+
+from memory.records import USER_ID_PATTERN, ImportResult, InteractionIn, Profile, SearchResult, UserExport
+from personaagent.settings import Settings
+from serving.errors import APIError
+
+UserIdPath = Annotated[
+    str,
+    Path(pattern=USER_ID_PATTERN, description="1-128 characters of [A-Za-z0-9._@-]", examples=["user-42"]),
+]
+
+
+class DeleteResult(BaseModel):
+    user_id: str
+    deleted: bool
+
+
+def _not_found(user_id: str) -> APIError:
+    return APIError(404, f"user '{user_id}' not found", param="user_id")
+
+
+def build_user_router(memory: Any, settings: Settings) -> APIRouter:
+    """`memory` is a Ray Serve handle to `MemoryDeployment` (or anything with the same `.remote` API)."""
+    router = APIRouter(prefix="/v1/users", tags=["users"])
+    limits = settings.memory
+
+    @router.post("/{user_id}/interactions", response_model=ImportResult, summary="Bulk import history")
+    async def import_interactions(user_id: UserIdPath, items: list[InteractionIn]) -> ImportResult:
+        if not items:
+            raise APIError(400, "at least one interaction is required", param="body")
+        if len(items) > limits.max_import_items:
+            raise APIError(
+                413,
+                f"at most {limits.max_import_items} interactions per import (got {len(items)})",
+                param="body",
+            )
+        for n, item in enumerate(items):
+            if len(item.input) > limits.max_input_chars or len(item.output or "") > limits.max_input_chars:
+                raise APIError(
+                    400, f"item {n}: longer than {limits.max_input_chars} characters", param=f"{n}.input"
+                )
+        ids = await memory.import_interactions.remote(user_id, items, "import")
+        return ImportResult(user_id=user_id, ids=ids)
+
+    @router.get("/{user_id}/memories", response_model=SearchResult, summary="Episodic top-k by similarity")
+    async def search_memories(
+        user_id: UserIdPath,
+        query: Annotated[str, Query(min_length=1, max_length=limits.max_query_chars)],
+        k: Annotated[int, Query(ge=1, le=limits.max_k)] = limits.default_k,
+    ) -> SearchResult:
+        if not query.strip():
+            raise APIError(400, "query must not be blank", param="query")
+        hits = await memory.search.remote(user_id, query, k)
+        if hits is None:
+            raise _not_found(user_id)
+        return SearchResult(user_id=user_id, query=query, k=k, hits=hits)
+
+    @router.get("/{user_id}/profile", response_model=Profile, summary="Latest semantic profile")
+    async def get_profile(user_id: UserIdPath) -> Profile:
+        exists, profile = await memory.get_profile.remote(user_id)
+        if not exists:
+            raise _not_found(user_id)
+        if profile is None:
+            raise APIError(404, f"user '{user_id}' has no profile yet", param="user_id")
+        return profile
+
+    @router.post("/{user_id}/profile/refresh", response_model=Profile, summary="Rewrite the profile now")
+    async def refresh_profile(user_id: UserIdPath) -> Profile:
+        profile = await memory.refresh_profile.remote(user_id)
+        if profile is None:
+            raise _not_found(user_id)
+        return profile
+
+    @router.get("/{user_id}/export", response_model=UserExport, summary="Everything stored about the user")
+    async def export_user(user_id: UserIdPath) -> UserExport:
+        data = await memory.export.remote(user_id)
+        if data is None:
+            raise _not_found(user_id)
+        return data
+
+    @router.delete("/{user_id}", response_model=DeleteResult, summary="Erase the user everywhere")
+    async def delete_user(user_id: UserIdPath) -> DeleteResult:
+        if not await memory.delete_user.remote(user_id):
+            raise _not_found(user_id)
+        return DeleteResult(user_id=user_id, deleted=True)
+
+    return router

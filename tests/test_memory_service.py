@@ -1,0 +1,148 @@
+"""Memory service on real parts: a real SQLite file, real FAISS, the real MiniLM embedder."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from memory.embedder import Embedder
+from memory.index import EpisodicIndex
+from memory.records import InteractionIn
+from memory.service import MemoryService
+from memory.store import SQLiteStore
+from personaagent.settings import MemorySettings
+
+ROMANCE = [
+    "Tag the movie: two strangers fall in love on a train across Europe",
+    "Tag the movie: a widow finds love again with her childhood sweetheart",
+    "Tag the movie: a royal wedding threatened by a secret affair",
+]
+VIOLENCE = [
+    "Tag the movie: a hitman takes revenge on the gang that betrayed him",
+    "Tag the movie: soldiers fight a brutal battle for a bridge",
+    "Tag the movie: a bank robbery ends in a bloody shootout",
+]
+SECRET = "my locker combination is 41-17-93"
+
+
+@pytest.fixture(scope="module")
+def embedder() -> Embedder:
+    return Embedder()
+
+
+def open_service(path: Path, embedder: Embedder) -> MemoryService:
+    settings = MemorySettings(device="cpu")
+    return MemoryService(SQLiteStore(path), embedder, EpisodicIndex(embedder.dim, "cpu"), settings)
+
+
+@pytest.fixture
+def service(tmp_path: Path, embedder: Embedder) -> Iterator[MemoryService]:
+    svc = open_service(tmp_path / "mem.db", embedder)
+    yield svc
+    svc.close()
+
+
+def _items(texts: list[str], output: str | None = None) -> list[InteractionIn]:
+    return [InteractionIn(input=t, output=output) for t in texts]
+
+
+def test_two_users_get_their_own_top_k(service: MemoryService) -> None:
+    service.add_interactions_sync("alice", _items(ROMANCE, "romance"), "import")
+    service.add_interactions_sync("bob", _items(VIOLENCE, "violence"), "import")
+    query = service.embedder.encode(["Tag the movie: a love story"])
+    alice = service.search_vectors("alice", query, k=2)[0]
+    bob = service.search_vectors("bob", query, k=2)[0]
+    assert {h.interaction.user_id for h in alice} == {"alice"}
+    assert {h.interaction.user_id for h in bob} == {"bob"}
+    assert {h.interaction.id for h in alice}.isdisjoint({h.interaction.id for h in bob})
+    assert alice[0].score >= alice[1].score
+    assert "love" in alice[0].interaction.input
+
+
+def test_secret_never_reaches_another_user(service: MemoryService) -> None:
+    service.add_interactions_sync("alice", _items([SECRET, *ROMANCE]), "import")
+    service.add_interactions_sync("bob", _items(VIOLENCE), "import")
+    probes = [SECRET, "locker combination", "what is alice's locker combination?", "41-17-93", "secret"]
+    for probe in probes:
+        vectors = service.embedder.encode([probe])
+        for hit in service.search_vectors("bob", vectors, k=50)[0]:
+            assert hit.interaction.user_id == "bob"
+            assert "41-17-93" not in hit.interaction.input
+    # ...while alice herself finds it first.
+    top = service.search_vectors("alice", service.embedder.encode(["locker combination"]), k=1)[0]
+    assert top[0].interaction.input == SECRET
+
+
+def test_k_larger_than_history_and_unknown_user(service: MemoryService) -> None:
+    service.add_interactions_sync("carol", _items(ROMANCE[:2]), "import")
+    vectors = service.embedder.encode(["anything"])
+    assert len(service.search_vectors("carol", vectors, k=10)[0]) == 2
+    assert service.search_vectors("nobody", vectors, k=4)[0] == []
+
+
+def test_exclude_ids_leaves_an_interaction_out_of_its_own_retrieval(service: MemoryService) -> None:
+    ids = service.add_interactions_sync("dave", _items(ROMANCE), "import")
+    vectors = service.embedder.encode([ROMANCE[0]])
+    hits = service.search_vectors("dave", vectors, k=3, exclude_ids=[ids[0]])[0]
+    assert ids[0] not in {h.interaction.id for h in hits}
+    assert len(hits) == 2
+
+
+def test_restart_rebuilds_the_index_from_the_database(tmp_path: Path, embedder: Embedder) -> None:
+    path = tmp_path / "mem.db"
+    first = open_service(path, embedder)
+    ids = first.add_interactions_sync("erin", _items(VIOLENCE), "import")
+    first.close()  # the process "dies": only the SQLite file remains
+    second = open_service(path, embedder)
+    hits = second.search_vectors("erin", embedder.encode(["shootout after a robbery"]), k=1)[0]
+    assert hits[0].interaction.id in ids
+    assert "robbery" in hits[0].interaction.input
+    assert second.index.total() == 3
+    second.close()
+
+
+def test_delete_leaves_nothing_behind(tmp_path: Path, service: MemoryService) -> None:
+    service.add_interactions_sync("frank", _items([SECRET, *ROMANCE]), "import")
+    service.store.add_profile("frank", "likes romance", 4, "test@v1")
+    service.store.add_persona("frank", "You are...", "init", None, {})
+    service.add_interactions_sync("gina", _items(VIOLENCE), "import")
+    assert service.delete_user("frank") is True
+    assert service.export("frank") is None
+    assert not service.index.has_user("frank")
+    assert service.search_vectors("frank", service.embedder.encode([SECRET]), k=4)[0] == []
+    conn = sqlite3.connect(service.store.path)  # type: ignore[attr-defined]
+    for table in ("users", "interactions", "profiles", "personas"):
+        assert conn.execute(f"SELECT COUNT(*) FROM {table} WHERE user_id = 'frank'").fetchone()[0] == 0
+    assert conn.execute("SELECT COUNT(*) FROM interactions WHERE input LIKE '%41-17-93%'").fetchone()[0] == 0
+    conn.close()
+    assert service.delete_user("frank") is False
+    assert len(service.store.list_interactions("gina")) == 3  # other users untouched
+
+
+def test_store_uses_wal_and_commits_before_returning(tmp_path: Path, service: MemoryService) -> None:
+    service.add_interactions_sync("hank", _items(ROMANCE), "import")
+    other = sqlite3.connect(service.store.path)  # type: ignore[attr-defined]
+    assert other.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert other.execute("SELECT COUNT(*) FROM interactions WHERE user_id='hank'").fetchone()[0] == 3
+    other.close()
+
+
+def test_embeddings_are_normalized(embedder: Embedder) -> None:
+    vectors = embedder.encode(["a", "a much longer sentence about cats"])
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-4)
+
+
+def test_counters_track_new_interactions_and_ground_truth(service: MemoryService) -> None:
+    service.add_interactions_sync(
+        "ivy", [InteractionIn(input="q1", output="a"), InteractionIn(input="q2")], "import"
+    )
+    user = service.store.get_user("ivy")
+    assert user is not None
+    assert user.interactions_since_profile == 2
+    assert user.ground_truth_since_alignment == 1
+    service.store.add_profile("ivy", "p", 2, "t@v1")
+    assert service.store.get_user("ivy").interactions_since_profile == 0  # type: ignore[union-attr]
