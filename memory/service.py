@@ -6,9 +6,13 @@ import asyncio
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from agent.persona import initial_persona
+from agent.prompts import PERSONA_INIT
+from memory.documents import DocumentHit, DocumentIndex
 from memory.embedder import Embedder
 from memory.index import EpisodicIndex
 from memory.profile import ProfileWriter
@@ -16,6 +20,7 @@ from memory.records import (
     Interaction,
     InteractionIn,
     MemoryHit,
+    PersonaVersion,
     Profile,
     Source,
     UserExport,
@@ -39,13 +44,16 @@ class MemoryService:
         index: EpisodicIndex,
         settings: MemorySettings,
         profile_writer: ProfileWriter | None = None,
+        documents: DocumentIndex | None = None,
     ) -> None:
         self.store = store
         self.embedder = embedder
         self.index = index
         self.settings = settings
         self.profile_writer = profile_writer
+        self.documents = documents
         self._profile_tasks: dict[str, asyncio.Task[Profile | None]] = {}
+        self._persona_locks: dict[str, asyncio.Lock] = {}
         self.rebuild_index()
 
     @classmethod
@@ -53,7 +61,8 @@ class MemoryService:
         db_path = Path(settings.data_dir) / settings.memory.db_filename
         embedder = Embedder(batch_size=settings.memory.embed_batch_size)
         index = EpisodicIndex(embedder.dim, settings.memory.device)
-        return cls(SQLiteStore(db_path), embedder, index, settings.memory, profile_writer)
+        documents = DocumentIndex(db_path, embedder.dim)
+        return cls(SQLiteStore(db_path), embedder, index, settings.memory, profile_writer, documents)
 
     def rebuild_index(self) -> int:
         """The index is derived data: rebuild it from the embeddings stored in the database."""
@@ -171,5 +180,62 @@ class MemoryService:
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
 
+    # -- personas (the agent's per-user system prompt; stored here, shaped by agent.persona) ---------
+
+    def _persona_lock(self, user_id: str) -> asyncio.Lock:
+        return self._persona_locks.setdefault(user_id, asyncio.Lock())
+
+    def current_persona(self, user_id: str) -> PersonaVersion | None:
+        versions = self.store.list_personas(user_id)
+        return versions[-1] if versions else None
+
+    async def ensure_persona(self, user_id: str, max_chars: int) -> PersonaVersion:
+        """The user's current persona; a user seen for the first time gets one from their history."""
+        async with self._persona_lock(user_id):
+            current = self.current_persona(user_id)
+            if current is not None:
+                return current
+            self.store.ensure_user(user_id)
+            profile = self.store.latest_profile(user_id)
+            if (
+                profile is None
+                and self.profile_writer is not None
+                and self.store.list_interactions(user_id, limit=1)
+            ):
+                task = self._profile_tasks.get(user_id)
+                profile = await task if task is not None else await self.refresh_profile(user_id)
+            text = initial_persona(profile.text if profile else None, max_chars)
+            details = {"profile_version": profile.version if profile else None, "prompt": PERSONA_INIT.ref}
+            return self.store.add_persona(user_id, text, "init", None, details)
+
+    def set_persona(
+        self,
+        user_id: str,
+        text: str,
+        reason: str,
+        details: dict[str, Any] | None = None,
+        parent: int | None = None,
+    ) -> PersonaVersion | None:
+        current = self.current_persona(user_id)
+        if current is None and not self.user_exists(user_id):
+            return None
+        parent = parent if parent is not None else (current.version if current else None)
+        return self.store.add_persona(user_id, text, reason, parent, details or {})
+
+    def rollback_persona(self, user_id: str, version: int) -> PersonaVersion | None:
+        target = next((p for p in self.store.list_personas(user_id) if p.version == version), None)
+        if target is None:
+            return None
+        return self.store.add_persona(user_id, target.text, "rollback", version, {"rolled_back_to": version})
+
+    # -- documents ---------------------------------------------------------------------------------
+
+    def search_documents(self, query: str, k: int) -> list[DocumentHit]:
+        if self.documents is None or self.documents.count() == 0:
+            return []
+        return self.documents.search(self.embedder.encode([query]), k)
+
     def close(self) -> None:
         self.store.close()
+        if self.documents is not None:
+            self.documents.close()

@@ -72,6 +72,36 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_docs_load(args: argparse.Namespace) -> int:
+    """Chunk, embed and store documents; then ask a running server to reload its document index."""
+    import httpx
+
+    from memory.documents import DocumentIndex
+    from memory.embedder import Embedder
+
+    settings = load_settings(args.config)
+    Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
+    embedder = Embedder(batch_size=settings.memory.embed_batch_size)
+    index = DocumentIndex(Path(settings.data_dir) / settings.memory.db_filename, embedder.dim)
+    try:
+        chunks = index.load(
+            Path(args.path), embedder, max_files=settings.agent.max_documents_per_load, replace=args.replace
+        )
+    except (ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        index.close()
+    print(f"stored {chunks} chunks from {args.path}")
+    url = f"http://{settings.server.host}:{settings.server.port}/v1/documents/reload"
+    try:
+        reloaded = httpx.post(url, timeout=30).json()
+        print(f"running server reloaded its document index: {reloaded}")
+    except httpx.HTTPError:
+        print("no running server answered; it will load the documents when it starts")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="personaagent", description=__doc__)
     parser.add_argument(
@@ -83,6 +113,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve_p.add_argument("--host", default=None)
     serve_p.add_argument("--port", type=int, default=None)
     serve_p.set_defaults(func=cmd_serve)
+
+    docs = sub.add_parser("docs", help="operator document collection (search_documents tool)")
+    docs_sub = docs.add_subparsers(dest="docs_command", required=True)
+    load = docs_sub.add_parser("load", help="load a folder of .txt/.md files or a .jsonl file (field 'text')")
+    load.add_argument("path")
+    load.add_argument("--replace", action="store_true", help="drop the existing collection first")
+    load.set_defaults(func=cmd_docs_load)
 
     prep = sub.add_parser("prepare-model", help="convert/cache the configured model and print its path")
     prep.set_defaults(func=cmd_prepare_model)

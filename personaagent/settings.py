@@ -72,6 +72,18 @@ class MemorySettings(BaseModel):
     num_replicas: int = Field(1, ge=1)
 
 
+class AgentSettings(BaseModel):
+    """PersonaAgent core: persona and the action module."""
+
+    max_steps: int = Field(3, ge=0, le=10, description="tool steps per request before answering")
+    memory_k: int = Field(4, ge=1, le=50)
+    document_k: int = Field(3, ge=1, le=20)
+    step_max_tokens: int = Field(96, ge=16)
+    max_persona_chars: int = Field(6000, ge=200)
+    max_documents_per_load: int = Field(10_000, ge=1)
+    write_back: bool = True
+
+
 class RaySettings(BaseModel):
     # Logical CPUs advertised to Ray: deployments reserve them for placement, vLLM's threads do the work.
     num_cpus: int = Field(8, ge=1)
@@ -86,6 +98,7 @@ class Settings(BaseSettings):
     engine: EngineSettings = Field(default_factory=EngineSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
     memory: MemorySettings = Field(default_factory=MemorySettings)
+    agent: AgentSettings = Field(default_factory=AgentSettings)
     ray: RaySettings = Field(default_factory=RaySettings)
 
     @classmethod

@@ -35,3 +35,9 @@ class EngineHandleBackend:
 
     async def check_health(self) -> None:
         await self._engine.check_health.remote()
+
+    async def count_chat_tokens(self, messages: list[dict[str, Any]]) -> int:
+        return await self._engine.count_chat_tokens.remote(messages)
+
+    async def engine_info(self) -> dict[str, Any]:
+        return await self._engine.engine_info.remote()

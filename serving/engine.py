@@ -158,6 +158,14 @@ class EngineService:
         else:
             yield result.model_dump(exclude_none=True)
 
+    def count_chat_tokens(self, messages: list[dict[str, Any]]) -> int:
+        """Prompt tokens of `messages` under the model's chat template (persona length reporting)."""
+        tokenizer = self._engine.get_tokenizer()
+        ids = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=False)
+        if isinstance(ids, dict):  # some tokenizers return a BatchEncoding
+            ids = ids["input_ids"]
+        return len(ids)
+
     def metrics_text(self) -> str:
         """Prometheus text of this process's registry: vLLM's engine metrics live here."""
         from prometheus_client import REGISTRY, generate_latest

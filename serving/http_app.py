@@ -16,6 +16,7 @@ from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionReque
 from personaagent.settings import Settings
 from serving.backend import ChatBackend
 from serving.errors import APIError, error_response, from_engine_error, install_error_handlers
+from serving.personalized_chat import PersonalizedChat
 from serving.user_routes import build_user_router
 
 
@@ -47,7 +48,12 @@ def _route_label(request: Request) -> str:
     return getattr(route, "path", "unmatched")
 
 
-def build_http_app(backend: ChatBackend, settings: Settings, memory: Any | None = None) -> FastAPI:
+def build_http_app(
+    backend: ChatBackend,
+    settings: Settings,
+    memory: Any | None = None,
+    personalized: PersonalizedChat | None = None,
+) -> FastAPI:
     app = FastAPI(
         title="PersonaAgent Serve",
         version="0.1.0",
@@ -112,10 +118,17 @@ def build_http_app(backend: ChatBackend, settings: Settings, memory: Any | None 
         # Forward the client's JSON as sent: vLLM's request validators rewrite fields (response_format ->
         # structured_outputs), so a dump of the validated model would not validate the same way again.
         body = await raw_request.json()
+        if request.user is not None and personalized is not None:
+            return await personalized.handle(body)
         return await relay_chat(backend.chat(body))
 
     if memory is not None:
         app.include_router(build_user_router(memory, settings))
+
+        @app.post("/v1/documents/reload", summary="Reload the operator document collection from the database")
+        async def reload_documents() -> JSONResponse:
+            return JSONResponse({"chunks": await memory.reload_documents.remote()})
+
     return app
 
 

@@ -5,9 +5,17 @@
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field
 
-from memory.records import USER_ID_PATTERN, ImportResult, InteractionIn, Profile, SearchResult, UserExport
+from memory.records import (
+    USER_ID_PATTERN,
+    ImportResult,
+    InteractionIn,
+    PersonaVersion,
+    Profile,
+    SearchResult,
+    UserExport,
+)
 from personaagent.settings import Settings
 from serving.errors import APIError
 
@@ -15,6 +23,17 @@ UserIdPath = Annotated[
     str,
     Path(pattern=USER_ID_PATTERN, description="1-128 characters of [A-Za-z0-9._@-]", examples=["user-42"]),
 ]
+
+
+class PersonaEdit(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    text: str = Field(min_length=1, description="the new persona (system prompt)")
+    note: str | None = Field(None, max_length=500)
+
+
+class RollbackRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    version: int = Field(ge=1)
 
 
 class DeleteResult(BaseModel):
@@ -90,5 +109,47 @@ def build_user_router(memory: Any, settings: Settings) -> APIRouter:
         if not await memory.delete_user.remote(user_id):
             raise _not_found(user_id)
         return DeleteResult(user_id=user_id, deleted=True)
+
+    # -- persona ---------------------------------------------------------------------------------
+
+    @router.get(
+        "/{user_id}/persona", response_model=PersonaVersion, summary="Current persona (created if new)"
+    )
+    async def get_persona(user_id: UserIdPath) -> PersonaVersion:
+        history = await memory.persona_history.remote(user_id)
+        if history is None:
+            raise _not_found(user_id)
+        return history[-1] if history else await memory.ensure_persona.remote(user_id)
+
+    @router.put("/{user_id}/persona", response_model=PersonaVersion, summary="Edit the persona (new version)")
+    async def put_persona(user_id: UserIdPath, edit: PersonaEdit) -> PersonaVersion:
+        if len(edit.text) > settings.agent.max_persona_chars:
+            raise APIError(400, f"text: at most {settings.agent.max_persona_chars} characters", param="text")
+        version = await memory.set_persona.remote(
+            user_id, edit.text, "manual", {"note": edit.note} if edit.note else {}
+        )
+        if version is None:
+            raise _not_found(user_id)
+        return version
+
+    @router.get(
+        "/{user_id}/persona/history", response_model=list[PersonaVersion], summary="Every persona version"
+    )
+    async def persona_history(user_id: UserIdPath) -> list[PersonaVersion]:
+        history = await memory.persona_history.remote(user_id)
+        if history is None:
+            raise _not_found(user_id)
+        return history
+
+    @router.post(
+        "/{user_id}/persona/rollback", response_model=PersonaVersion, summary="Roll back to a version"
+    )
+    async def rollback_persona(user_id: UserIdPath, target: RollbackRequest) -> PersonaVersion:
+        if await memory.persona_history.remote(user_id) is None:
+            raise _not_found(user_id)
+        version = await memory.rollback_persona.remote(user_id, target.version)
+        if version is None:
+            raise APIError(404, f"user '{user_id}' has no persona version {target.version}", param="version")
+        return version
 
     return router

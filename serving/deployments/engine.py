@@ -67,6 +67,9 @@ class EngineDeployment:
     async def metrics_text(self) -> str:
         return self.service.metrics_text()
 
+    async def count_chat_tokens(self, messages: list[dict[str, Any]]) -> int:
+        return self.service.count_chat_tokens(messages)
+
     async def engine_info(self) -> dict[str, Any]:
         return {
             "model": self.service.model_name,

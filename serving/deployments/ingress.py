@@ -7,9 +7,13 @@ from typing import Any
 from fastapi import FastAPI
 from ray import serve
 
+from agent.core import AgentConfig, PersonaAgent
+from agent.llm import LLM
 from personaagent.settings import Settings
+from serving.agent_backend import HandleAgentMemory
 from serving.backend import EngineHandleBackend
 from serving.http_app import build_http_app
+from serving.personalized_chat import PersonalizedChat
 
 
 @serve.deployment(name="ingress")
@@ -21,4 +25,14 @@ class IngressDeployment:
         self._settings = settings
 
     def __serve_build_asgi_app__(self) -> FastAPI:
-        return build_http_app(self._backend, self._settings, memory=self._memory)
+        settings = self._settings
+        llm = LLM(self._backend, settings.engine.served_model_name)
+        config = AgentConfig(
+            max_steps=settings.agent.max_steps,
+            memory_k=settings.agent.memory_k,
+            document_k=settings.agent.document_k,
+            step_max_tokens=settings.agent.step_max_tokens,
+        )
+        agent = PersonaAgent(llm, HandleAgentMemory(self._memory), config)
+        personalized = PersonalizedChat(agent, self._backend, self._memory, settings.agent.write_back)
+        return build_http_app(self._backend, settings, memory=self._memory, personalized=personalized)

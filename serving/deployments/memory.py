@@ -13,8 +13,10 @@ from typing import Any
 from ray import serve
 
 from agent.llm import LLM
+from agent.persona import bound_persona
+from memory.documents import DocumentHit
 from memory.profile import ProfileWriter
-from memory.records import InteractionIn, MemoryHit, Profile, Source, UserExport
+from memory.records import InteractionIn, MemoryHit, PersonaVersion, Profile, Source, UserExport
 from memory.service import MemoryService, embedding_text
 from personaagent.settings import Settings
 from serving.backend import EngineHandleBackend
@@ -28,6 +30,7 @@ class MemoryDeployment:
         writer = ProfileWriter(
             llm, max_words=mem.profile_max_words, max_input_chars=mem.profile_max_input_chars
         )
+        self._settings = settings
         self.service = MemoryService.open(settings, writer)
         self._search_batch.set_max_batch_size(mem.search_batch_size)
         self._search_batch.set_batch_wait_timeout_s(mem.batch_wait_s)
@@ -93,6 +96,40 @@ class MemoryDeployment:
 
     async def delete_user(self, user_id: str) -> bool:
         return self.service.delete_user(user_id)
+
+    # -- personas, documents, write-back (used by the agent through `serving.agent_backend`) --------
+
+    async def ensure_persona(self, user_id: str) -> PersonaVersion:
+        return await self.service.ensure_persona(user_id, self._settings.agent.max_persona_chars)
+
+    async def persona_history(self, user_id: str) -> list[PersonaVersion] | None:
+        if not self.service.user_exists(user_id):
+            return None
+        return self.service.store.list_personas(user_id)
+
+    async def set_persona(
+        self, user_id: str, text: str, reason: str, details: dict[str, Any] | None = None
+    ) -> PersonaVersion | None:
+        text = bound_persona(text, self._settings.agent.max_persona_chars)
+        return self.service.set_persona(user_id, text, reason, details)
+
+    async def rollback_persona(self, user_id: str, version: int) -> PersonaVersion | None:
+        return self.service.rollback_persona(user_id, version)
+
+    async def get_profile_text(self, user_id: str) -> str | None:
+        profile = self.service.get_profile(user_id)
+        return profile.text if profile else None
+
+    async def search_documents(self, query: str, k: int) -> list[DocumentHit]:
+        return await asyncio.to_thread(self.service.search_documents, query, k)
+
+    async def reload_documents(self) -> int:
+        return self.service.documents.reload() if self.service.documents else 0
+
+    async def record_chat(self, user_id: str, item: InteractionIn) -> int:
+        ids = await self._import_batch((user_id, [item], "chat"))
+        self.service.maybe_refresh_profile(user_id)
+        return ids[0]
 
     async def stats(self) -> dict[str, Any]:
         return {"vectors": self.service.index.total(), "device": self.service.index.device}

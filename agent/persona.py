@@ -1,0 +1,23 @@
+"""The persona: a per-user system prompt, initialized from the semantic profile, length-bounded."""
+
+from __future__ import annotations
+
+from agent.prompts import PERSONA_INIT
+
+NO_PROFILE = "No history is known for this user yet; infer their preferences from the conversation."
+
+
+def initial_persona(profile_text: str | None, max_chars: int) -> str:
+    """Byte-stable for a given profile: no timestamps or retrieved text inside (prefix caching)."""
+    summary = " ".join((profile_text or "").split()) or NO_PROFILE
+    return bound_persona(PERSONA_INIT.render(profile=summary), max_chars)
+
+
+def bound_persona(text: str, max_chars: int) -> str:
+    text = text.strip()
+    if len(text) <= max_chars:
+        return text
+    cut = text[:max_chars]
+    # Cut at a sentence or line end when one is near, so the persona stays readable.
+    end = max(cut.rfind(". "), cut.rfind("\n"))
+    return cut[: end + 1].rstrip() if end > max_chars * 0.6 else cut.rstrip()
