@@ -161,10 +161,8 @@ class EngineService:
     def count_chat_tokens(self, messages: list[dict[str, Any]]) -> int:
         """Prompt tokens of `messages` under the model's chat template (persona length reporting)."""
         tokenizer = self._engine.get_tokenizer()
-        ids = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=False)
-        if isinstance(ids, dict):  # some tokenizers return a BatchEncoding
-            ids = ids["input_ids"]
-        return len(ids)
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
+        return len(tokenizer.encode(text, add_special_tokens=False))
 
     def metrics_text(self) -> str:
         """Prometheus text of this process's registry: vLLM's engine metrics live here."""
