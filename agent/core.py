@@ -63,6 +63,7 @@ class AgentPlan(BaseModel):
     persona: str | None
     persona_tokens: int | None = None
     final_messages: list[dict[str, Any]]
+    trace_final_prompt: bool = False
     client_tool_call: ClientToolCall | None = None
     steps: list[ToolStep] = Field(default_factory=list)
     fallbacks: int = 0
@@ -88,7 +89,7 @@ class AgentPlan(BaseModel):
             "memory_ids": self.memory_ids,
             "fallbacks": self.fallbacks,
             "tool_llm_calls": self.llm_calls,
-        }
+        } | ({"final_messages": self.final_messages} if self.trace_final_prompt else {})
 
 
 def cache_salt_for(user_id: str) -> str:

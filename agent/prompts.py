@@ -69,4 +69,47 @@ TOOL_CONTEXT = PromptTemplate(
     ),
 )
 
-ALL_TEMPLATES = (PROFILE_SUMMARY, PERSONA_INIT, ACTION_STEP, TOOL_CONTEXT)
+
+ALIGN_FEEDBACK = PromptTemplate(
+    name="align_feedback",
+    version=1,
+    text=(
+        'You review a personalized assistant. Its system prompt (persona) was:\n"""\n{persona}\n"""\n\n'
+        'The user\'s request:\n"""\n{input}\n"""\n'
+        'The assistant answered:\n"""\n{answer}\n"""\n'
+        'The answer the user actually wanted:\n"""\n{truth}\n"""\n\n'
+        "Compare the two answers. Reply with JSON: persona_change (how the persona should change so the "
+        "assistant answers like the wanted answer), search_keywords (how memory searches should change for "
+        "this user), preferences (general preferences of this user this shows, not specific to this task)."
+    ),
+)
+
+ALIGN_UPDATE = PromptTemplate(
+    name="align_update",
+    version=1,
+    text=(
+        "Rewrite the persona (system prompt) of a personalized assistant using the feedback below. Keep "
+        "what works, add the user's preferences and the search advice, remove what the feedback contradicts. "
+        'Write the complete new persona in the second person ("You are ..."), at most {max_words} words, '
+        'plain text only.\n\nCurrent persona:\n"""\n{persona}\n"""\n\nFeedback:\n{feedback}\n\nNew persona:'
+    ),
+)
+
+ALIGN_JUDGE = PromptTemplate(
+    name="align_judge",
+    version=1,
+    text=(
+        "Rate how well the answer matches the wanted answer, from 0 (unrelated) to 10 (same meaning).\n"
+        'Request: {input}\nAnswer: {answer}\nWanted answer: {truth}\nReply with JSON: {{"score": <0-10>}}'
+    ),
+)
+
+ALL_TEMPLATES = (
+    PROFILE_SUMMARY,
+    PERSONA_INIT,
+    ACTION_STEP,
+    TOOL_CONTEXT,
+    ALIGN_FEEDBACK,
+    ALIGN_UPDATE,
+    ALIGN_JUDGE,
+)

@@ -1,1 +1,1 @@
-"""alignment package."""
+"""Test-time alignment: textual-gradient persona optimization (no Ray in `loop.py`/`scoring.py`)."""

@@ -89,6 +89,24 @@ def main() -> None:
 
     timed("index + SQLite rows, batched x32 (per query)", batched, per_call=32)
 
+    # What serve.batch buys: the query embeddings of a batch are computed in one encoder call.
+    texts = [f"what did user {i} say about films?" for i in range(args.queries)]
+    n_embed = min(args.queries, 640)
+    saved_queries = args.queries
+    args.queries = n_embed
+    timed(
+        "with query embedding, unbatched",
+        lambda s: service.search_vectors(users[who[s]], embedder.encode(texts[s : s + 1]), args.k),
+    )
+
+    def embedded_batch(start: int) -> None:
+        vectors = embedder.encode(texts[start : start + 32])
+        for j, i in enumerate(range(start, min(start + 32, args.queries))):
+            service.search_vectors(users[who[i]], vectors[j : j + 1], args.k)
+
+    timed("with query embedding, batched x32 (per query)", embedded_batch, per_call=32)
+    args.queries = saved_queries
+
     # Import throughput, whole path, with a breakdown.
     texts = [f"Tag the movie number {i}: a story about {w}" for i, w in enumerate(rng.choice(["love", "war", "space", "crime"], args.import_items))]  # fmt: skip
     items = [InteractionIn(input=t, output="tag") for t in texts]
@@ -119,7 +137,8 @@ def main() -> None:
     for col in ("path", "p50 (ms)", "p99 (ms)", "target p99 <= 2 ms"):
         table.add_column(col, justify="right")
     for label, r in results.items():
-        table.add_row(label, f"{r['p50_ms']:.3f}", f"{r['p99_ms']:.3f}", "yes" if r["p99_ms"] <= 2 else "NO")
+        target = "n/a" if "embedding" in label else ("yes" if r["p99_ms"] <= 2 else "NO")
+        table.add_row(label, f"{r['p50_ms']:.3f}", f"{r['p99_ms']:.3f}", target)
     console.print(table)
     t2 = Table(title=f"Import throughput ({args.import_items} items, batches of 100, embedding included)")
     for col in ("items/s", "embedder", "SQLite", "FAISS"):

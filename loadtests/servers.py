@@ -66,9 +66,15 @@ class ServerProcess:
         self._log.close()
 
 
-def start_our_stack(settings: Settings, log_dir: Path, data_dir: Path) -> ServerProcess:
+def start_our_stack(
+    settings: Settings, log_dir: Path, data_dir: Path, extra_env: dict[str, str] | None = None
+) -> ServerProcess:
     port = free_port()
-    env = {"PERSONAAGENT_SERVER__PORT": str(port), "PERSONAAGENT_DATA_DIR": str(data_dir)}
+    env = {
+        "PERSONAAGENT_SERVER__PORT": str(port),
+        "PERSONAAGENT_DATA_DIR": str(data_dir),
+        **(extra_env or {}),
+    }
     return ServerProcess(
         "personaagent", [sys.executable, "-m", "personaagent.cli", "serve"], port, log_dir, env
     )

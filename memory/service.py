@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -227,6 +228,26 @@ class MemoryService:
         if target is None:
             return None
         return self.store.add_persona(user_id, target.text, "rollback", version, {"rolled_back_to": version})
+
+    # -- ground truth and analytics ----------------------------------------------------------------
+
+    def attach_feedback(
+        self, user_id: str, expected_output: str, *, completion_id: str | None, input_text: str | None
+    ) -> Interaction | None:
+        return self.store.attach_truth(
+            user_id, expected_output, completion_id=completion_id, input_text=input_text
+        )
+
+    def persona_similarity(self) -> tuple[list[str], list[list[float]]]:
+        """Jaccard similarity of users' current personas as word sets (the paper's analysis)."""
+        personas = self.store.current_personas()
+        users = list(personas)
+        words = [set(re.findall(r"[a-z0-9']+", personas[u].lower())) for u in users]
+        matrix = [
+            [1.0 if i == j else (len(a & b) / len(a | b) if (a | b) else 0.0) for j, b in enumerate(words)]
+            for i, a in enumerate(words)
+        ]
+        return users, matrix
 
     # -- documents ---------------------------------------------------------------------------------
 

@@ -83,6 +83,12 @@ class Store(Protocol):
     ) -> PersonaVersion: ...
     def list_personas(self, user_id: str) -> list[PersonaVersion]: ...
     def delete_user(self, user_id: str) -> bool: ...
+    def ground_truth(self, user_id: str, n: int) -> list[Interaction]: ...
+    def attach_truth(
+        self, user_id: str, expected_output: str, *, completion_id: str | None, input_text: str | None
+    ) -> Interaction | None: ...
+    def take_alignment_due(self, user_id: str, every: int) -> bool: ...
+    def current_personas(self) -> dict[str, str]: ...
     def close(self) -> None: ...
 
 
@@ -231,6 +237,59 @@ class SQLiteStore:
         return int(
             self._query("SELECT COUNT(*) AS n FROM interactions WHERE user_id = ?", (user_id,))[0]["n"]
         )
+
+    # -- ground truth (alignment) -------------------------------------------------------------------
+
+    def ground_truth(self, user_id: str, n: int) -> list[Interaction]:
+        """The latest n interactions that have a known right answer, newest first."""
+        rows = self._query(
+            f"SELECT {self._COLUMNS} FROM interactions WHERE user_id = ? AND output IS NOT NULL"
+            " ORDER BY timestamp DESC, id DESC LIMIT ?",
+            (user_id, n),
+        )
+        return [self._interaction(r) for r in rows]
+
+    def attach_truth(
+        self, user_id: str, expected_output: str, *, completion_id: str | None, input_text: str | None
+    ) -> Interaction | None:
+        """Set the ground truth of the user's interaction found by completion id (or newest same input)."""
+        with self._tx() as conn:
+            if completion_id is not None:
+                row = conn.execute(
+                    "SELECT id FROM interactions WHERE user_id = ? AND json_extract(metadata, '$.completion_id') = ?",
+                    (user_id, completion_id),
+                ).fetchone()
+            else:
+                row = conn.execute(
+                    "SELECT id FROM interactions WHERE user_id = ? AND input = ? ORDER BY id DESC LIMIT 1",
+                    (user_id, input_text),
+                ).fetchone()
+            if row is None:
+                return None
+            conn.execute("UPDATE interactions SET output = ? WHERE id = ?", (expected_output, row["id"]))
+            conn.execute(
+                "UPDATE users SET ground_truth_since_alignment = ground_truth_since_alignment + 1 WHERE user_id = ?",
+                (user_id,),
+            )
+        return self.get_interactions([row["id"]])[0]
+
+    def take_alignment_due(self, user_id: str, every: int) -> bool:
+        """True (once) when K new ground truths have arrived since the last scheduling; resets the count."""
+        with self._tx() as conn:
+            row = conn.execute(
+                "SELECT ground_truth_since_alignment FROM users WHERE user_id = ?", (user_id,)
+            ).fetchone()
+            if row is None or row[0] < every:
+                return False
+            conn.execute("UPDATE users SET ground_truth_since_alignment = 0 WHERE user_id = ?", (user_id,))
+        return True
+
+    def current_personas(self) -> dict[str, str]:
+        rows = self._query(
+            "SELECT p.user_id, p.text FROM personas p JOIN (SELECT user_id, MAX(version) AS v FROM personas"
+            " GROUP BY user_id) m ON p.user_id = m.user_id AND p.version = m.v ORDER BY p.user_id"
+        )
+        return {r["user_id"]: r["text"] for r in rows}
 
     # -- semantic memory ---------------------------------------------------------------------------
 

@@ -102,6 +102,34 @@ def cmd_docs_load(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_personas_heatmap(args: argparse.Namespace) -> int:
+    """Fetch the persona similarity matrix from a running server and draw it as a PNG heatmap."""
+    import httpx
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    settings = load_settings(args.config)
+    url = args.url or f"http://{settings.server.host}:{settings.server.port}"
+    data = httpx.get(f"{url}/v1/personas/similarity", timeout=60).raise_for_status().json()
+    users, matrix = data["users"], data["matrix"]
+    if not users:
+        print("no personas yet", file=sys.stderr)
+        return 1
+    size = max(4.0, 0.35 * len(users) + 2)
+    fig, ax = plt.subplots(figsize=(size + 1, size))
+    image = ax.imshow(matrix, vmin=0, vmax=1, cmap="viridis")
+    ax.set_xticks(range(len(users)), users, rotation=90, fontsize=7)
+    ax.set_yticks(range(len(users)), users, fontsize=7)
+    ax.set_title("Persona similarity (Jaccard of word sets)")
+    fig.colorbar(image, ax=ax)
+    fig.tight_layout()
+    fig.savefig(args.out, dpi=120)
+    print(f"wrote {args.out} ({len(users)} users)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="personaagent", description=__doc__)
     parser.add_argument(
@@ -120,6 +148,13 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("path")
     load.add_argument("--replace", action="store_true", help="drop the existing collection first")
     load.set_defaults(func=cmd_docs_load)
+
+    personas = sub.add_parser("personas", help="persona analytics")
+    personas_sub = personas.add_subparsers(dest="personas_command", required=True)
+    heat = personas_sub.add_parser("heatmap", help="write the persona similarity matrix as a PNG heatmap")
+    heat.add_argument("--out", default="persona_similarity.png")
+    heat.add_argument("--url", default=None, help="server base URL (default: from settings)")
+    heat.set_defaults(func=cmd_personas_heatmap)
 
     prep = sub.add_parser("prepare-model", help="convert/cache the configured model and print its path")
     prep.set_defaults(func=cmd_prepare_model)

@@ -82,6 +82,26 @@ class AgentSettings(BaseModel):
     max_persona_chars: int = Field(6000, ge=200)
     max_documents_per_load: int = Field(10_000, ge=1)
     write_back: bool = True
+    trace_final_prompt: bool = Field(
+        False, description="include the final prompt in persona_agent (benchmarks, debugging)"
+    )
+
+
+class AlignmentSettings(BaseModel):
+    """Test-time alignment (textual-gradient persona optimization) and its actor pool."""
+
+    n: int = Field(3, ge=1, le=20, description="latest interactions with ground truth per alignment")
+    iterations: int = Field(1, ge=1, le=5)
+    due_every: int = Field(3, ge=1, description="K: a user becomes due after K new ground truths")
+    schedule_on_import: bool = True
+    gate: bool = True
+    pool_size: int = Field(2, ge=1, description="Ray actors in the alignment pool")
+    round_size: int = Field(64, ge=1, description="users gathered into one round")
+    max_inflight_calls: int = Field(32, ge=1, description="cap on concurrent engine calls per pool actor")
+    priority: int = Field(10, description="vLLM request priority of alignment calls (chat: 0; lower first)")
+    answer_max_tokens: int = Field(64, ge=1)
+    persona_max_words: int = Field(250, ge=20)
+    allow_fault_injection: bool = Field(False, description="tests only: POST /align?inject_failure_after=N")
 
 
 class RaySettings(BaseModel):
@@ -99,6 +119,7 @@ class Settings(BaseSettings):
     server: ServerSettings = Field(default_factory=ServerSettings)
     memory: MemorySettings = Field(default_factory=MemorySettings)
     agent: AgentSettings = Field(default_factory=AgentSettings)
+    alignment: AlignmentSettings = Field(default_factory=AlignmentSettings)
     ray: RaySettings = Field(default_factory=RaySettings)
 
     @classmethod

@@ -7,6 +7,7 @@ from typing import Any
 from ray.serve import Application
 
 from personaagent.settings import Settings, load_settings
+from serving.deployments.alignment import AlignmentDeployment
 from serving.deployments.engine import EngineDeployment
 from serving.deployments.ingress import IngressDeployment
 from serving.deployments.memory import MemoryDeployment
@@ -34,11 +35,16 @@ def build_app(settings: Settings) -> Application:
         ray_actor_options={"num_cpus": 0.5},
         max_ongoing_requests=512,
     ).bind(engine, settings)
+    alignment = AlignmentDeployment.options(
+        num_replicas=1,  # owns the queue; the work itself runs in the actor pool
+        ray_actor_options={"num_cpus": 0.25},
+        max_ongoing_requests=512,
+    ).bind(engine, memory, settings)
     return IngressDeployment.options(
         num_replicas=settings.server.ingress_replicas,
         ray_actor_options={"num_cpus": 0.5},
         max_ongoing_requests=1024,
-    ).bind(engine, memory, settings)
+    ).bind(engine, memory, alignment, settings)
 
 
 def app_builder(args: dict[str, Any]) -> Application:

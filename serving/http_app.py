@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
 
 from personaagent.settings import Settings
+from serving.alignment_routes import build_alignment_router
 from serving.backend import ChatBackend
 from serving.errors import APIError, error_response, from_engine_error, install_error_handlers
 from serving.personalized_chat import PersonalizedChat
@@ -53,6 +54,7 @@ def build_http_app(
     settings: Settings,
     memory: Any | None = None,
     personalized: PersonalizedChat | None = None,
+    alignment: Any | None = None,
 ) -> FastAPI:
     app = FastAPI(
         title="PersonaAgent Serve",
@@ -99,7 +101,8 @@ def build_http_app(
     @app.get("/metrics", summary="Prometheus metrics: HTTP layer and vLLM engine")
     async def prometheus_metrics() -> Response:
         engine_text = await backend.metrics_text()
-        return Response(metrics.text() + engine_text, media_type="text/plain; version=0.0.4")
+        alignment_text = await alignment.metrics_text.remote() if alignment is not None else ""
+        return Response(metrics.text() + alignment_text + engine_text, media_type="text/plain; version=0.0.4")
 
     @app.get("/v1/models", summary="List served models")
     async def list_models() -> JSONResponse:
@@ -123,7 +126,9 @@ def build_http_app(
         return await relay_chat(backend.chat(body))
 
     if memory is not None:
-        app.include_router(build_user_router(memory, settings))
+        app.include_router(build_user_router(memory, settings, alignment))
+        if alignment is not None:
+            app.include_router(build_alignment_router(memory, alignment, settings))
 
         @app.post("/v1/documents/reload", summary="Reload the operator document collection from the database")
         async def reload_documents() -> JSONResponse:

@@ -77,8 +77,16 @@ def tool_call_response(plan: AgentPlan, model: str, stream: bool) -> Response:
 
 
 class PersonalizedChat:
-    def __init__(self, agent: PersonaAgent, engine: Any, memory_handle: Any, write_back: bool) -> None:
+    def __init__(
+        self,
+        agent: PersonaAgent,
+        engine: Any,
+        memory_handle: Any,
+        write_back: bool,
+        trace_final_prompt: bool = False,
+    ) -> None:
         self.agent = agent
+        self.trace_final_prompt = trace_final_prompt
         self.engine = engine  # EngineHandleBackend: chat() and count_chat_tokens()
         self.memory = memory_handle
         self.write_back = write_back
@@ -126,6 +134,7 @@ class PersonalizedChat:
         final = {k: v for k, v in body.items() if k not in _AGENT_ONLY_FIELDS}
         final["messages"] = plan.final_messages
         final["cache_salt"] = cache_salt_for(user_id)
+        plan.trace_final_prompt = self.trace_final_prompt
         items = self.engine.chat(final)
         first = await anext(items, None)
         if first is None:

@@ -45,7 +45,7 @@ def _not_found(user_id: str) -> APIError:
     return APIError(404, f"user '{user_id}' not found", param="user_id")
 
 
-def build_user_router(memory: Any, settings: Settings) -> APIRouter:
+def build_user_router(memory: Any, settings: Settings, alignment: Any | None = None) -> APIRouter:
     """`memory` is a Ray Serve handle to `MemoryDeployment` (or anything with the same `.remote` API)."""
     router = APIRouter(prefix="/v1/users", tags=["users"])
     limits = settings.memory
@@ -66,6 +66,13 @@ def build_user_router(memory: Any, settings: Settings) -> APIRouter:
                     400, f"item {n}: longer than {limits.max_input_chars} characters", param=f"{n}.input"
                 )
         ids = await memory.import_interactions.remote(user_id, items, "import")
+        if (
+            alignment is not None
+            and settings.alignment.schedule_on_import
+            and any(i.output is not None for i in items)
+            and await memory.take_alignment_due.remote(user_id)
+        ):
+            await alignment.enqueue.remote(user_id, "import")
         return ImportResult(user_id=user_id, ids=ids)
 
     @router.get("/{user_id}/memories", response_model=SearchResult, summary="Episodic top-k by similarity")

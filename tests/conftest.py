@@ -48,6 +48,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     env.update(
         PERSONAAGENT_SERVER__PORT=str(port),
         PERSONAAGENT_DATA_DIR=str(data_dir),
+        PERSONAAGENT_ALIGNMENT__ALLOW_FAULT_INJECTION="true",
+        # Imports with outputs would queue background alignments in every test; the feedback path and
+        # forced alignments are tested explicitly instead.
+        PERSONAAGENT_ALIGNMENT__SCHEDULE_ON_IMPORT="false",
         PYTHONUNBUFFERED="1",
     )
     log = log_path.open("w")

@@ -19,9 +19,10 @@ from serving.personalized_chat import PersonalizedChat
 @serve.deployment(name="ingress")
 @serve.ingress()
 class IngressDeployment:
-    def __init__(self, engine: Any, memory: Any, settings: Settings) -> None:
+    def __init__(self, engine: Any, memory: Any, alignment: Any, settings: Settings) -> None:
         self._backend = EngineHandleBackend(engine)
         self._memory = memory
+        self._alignment = alignment
         self._settings = settings
 
     def __serve_build_asgi_app__(self) -> FastAPI:
@@ -34,5 +35,9 @@ class IngressDeployment:
             step_max_tokens=settings.agent.step_max_tokens,
         )
         agent = PersonaAgent(llm, HandleAgentMemory(self._memory), config)
-        personalized = PersonalizedChat(agent, self._backend, self._memory, settings.agent.write_back)
-        return build_http_app(self._backend, settings, memory=self._memory, personalized=personalized)
+        personalized = PersonalizedChat(
+            agent, self._backend, self._memory, settings.agent.write_back, settings.agent.trace_final_prompt
+        )
+        return build_http_app(
+            self._backend, settings, memory=self._memory, personalized=personalized, alignment=self._alignment
+        )

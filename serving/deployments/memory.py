@@ -16,7 +16,7 @@ from agent.llm import LLM
 from agent.persona import bound_persona
 from memory.documents import DocumentHit
 from memory.profile import ProfileWriter
-from memory.records import InteractionIn, MemoryHit, PersonaVersion, Profile, Source, UserExport
+from memory.records import Interaction, InteractionIn, MemoryHit, PersonaVersion, Profile, Source, UserExport
 from memory.service import MemoryService, embedding_text
 from personaagent.settings import Settings
 from serving.backend import EngineHandleBackend
@@ -130,6 +130,38 @@ class MemoryDeployment:
         ids = await self._import_batch((user_id, [item], "chat"))
         self.service.maybe_refresh_profile(user_id)
         return ids[0]
+
+    async def user_exists(self, user_id: str) -> bool:
+        return self.service.user_exists(user_id)
+
+    async def ground_truth(self, user_id: str, n: int) -> list[Interaction]:
+        return self.service.store.ground_truth(user_id, n)
+
+    async def attach_feedback(
+        self, user_id: str, expected_output: str, completion_id: str | None, input_text: str | None
+    ) -> Interaction | None:
+        return self.service.attach_feedback(
+            user_id, expected_output, completion_id=completion_id, input_text=input_text
+        )
+
+    async def take_alignment_due(self, user_id: str) -> bool:
+        return self.service.store.take_alignment_due(user_id, self._settings.alignment.due_every)
+
+    async def current_persona(self, user_id: str) -> PersonaVersion | None:
+        return self.service.current_persona(user_id)
+
+    async def set_persona_if_current(
+        self, user_id: str, text: str, base_version: int, details: dict[str, Any]
+    ) -> PersonaVersion | None:
+        """Store an aligned persona only if nobody changed the persona since the alignment started."""
+        current = self.service.current_persona(user_id)
+        if current is None or current.version != base_version:
+            return None
+        text = bound_persona(text, self._settings.agent.max_persona_chars)
+        return self.service.set_persona(user_id, text, "alignment", details, parent=base_version)
+
+    async def persona_similarity(self) -> tuple[list[str], list[list[float]]]:
+        return self.service.persona_similarity()
 
     async def stats(self) -> dict[str, Any]:
         return {"vectors": self.service.index.total(), "device": self.service.index.device}

@@ -1,0 +1,95 @@
+"""Alignment jobs, persisted in their own SQLite file so job state survives restarts."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import uuid
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from memory.records import utcnow
+
+JobState = Literal["queued", "running", "done", "failed"]
+
+
+class AlignmentJob(BaseModel):
+    id: str
+    user_id: str
+    state: JobState
+    reason: str = Field(description="forced, feedback, import")
+    created_at: datetime
+    updated_at: datetime
+    result: dict[str, Any] | None = None
+    error: str | None = None
+
+
+class JobStore:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute(
+            "CREATE TABLE IF NOT EXISTS jobs (id TEXT PRIMARY KEY, user_id TEXT NOT NULL, state TEXT NOT NULL,"
+            " reason TEXT NOT NULL, created_at TEXT NOT NULL, updated_at TEXT NOT NULL, result TEXT, error TEXT)"
+        )
+        # Jobs that were running when the process died never finished: they go back to the queue.
+        self._conn.execute("UPDATE jobs SET state = 'queued' WHERE state = 'running'")
+
+    def _row(self, row: tuple[Any, ...]) -> AlignmentJob:
+        return AlignmentJob(
+            id=row[0], user_id=row[1], state=row[2], reason=row[3], created_at=row[4], updated_at=row[5],
+            result=json.loads(row[6]) if row[6] else None, error=row[7],
+        )  # fmt: skip
+
+    def create(self, user_id: str, reason: str) -> AlignmentJob:
+        now = utcnow().isoformat()
+        job_id = f"align-{uuid.uuid4().hex[:16]}"
+        with self._lock:
+            self._conn.execute(
+                "INSERT INTO jobs VALUES (?, ?, 'queued', ?, ?, ?, NULL, NULL)",
+                (job_id, user_id, reason, now, now),
+            )
+        job = self.get(job_id)
+        assert job is not None
+        return job
+
+    def get(self, job_id: str) -> AlignmentJob | None:
+        with self._lock:
+            row = self._conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return self._row(row) if row else None
+
+    def open_job_for(self, user_id: str) -> AlignmentJob | None:
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT * FROM jobs WHERE user_id = ? AND state IN ('queued', 'running') ORDER BY created_at LIMIT 1",
+                (user_id,),
+            ).fetchone()
+        return self._row(row) if row else None
+
+    def queued(self) -> list[AlignmentJob]:
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT * FROM jobs WHERE state = 'queued' ORDER BY created_at"
+            ).fetchall()
+        return [self._row(r) for r in rows]
+
+    def update(
+        self, job_id: str, state: JobState, result: dict[str, Any] | None = None, error: str | None = None
+    ) -> None:
+        with self._lock:
+            self._conn.execute(
+                "UPDATE jobs SET state = ?, updated_at = ?, result = COALESCE(?, result), error = ? WHERE id = ?",
+                (
+                    state,
+                    utcnow().isoformat(),
+                    json.dumps(result) if result is not None else None,
+                    error,
+                    job_id,
+                ),
+            )

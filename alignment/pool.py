@@ -1,0 +1,77 @@
+"""The alignment actor pool: Ray actors that run many users' alignments concurrently.
+
+Each actor sends all of its users' simulation, feedback and update calls to the engine at once (so vLLM
+batches them), bounded by a cap on in-flight calls, at a lower vLLM priority than chat.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import ray
+
+from agent.core import AgentConfig, PersonaAgent
+from agent.llm import LLM
+from alignment.loop import AlignmentConfig, AlignmentOutcome, align_user
+from memory.records import Interaction
+from personaagent.settings import Settings
+from serving.agent_backend import HandleAgentMemory
+from serving.backend import EngineHandleBackend
+
+
+class CappedRunner:
+    """Bounds concurrent engine calls; optionally fails after N calls (fault-injection tests)."""
+
+    def __init__(self, inner: EngineHandleBackend, cap: int) -> None:
+        self._inner = inner
+        self._sem = asyncio.Semaphore(cap)
+        self.fail_after: dict[str, int] = {}  # user cache_salt -> calls left before an injected failure
+
+    async def chat(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any] | str]:
+        salt = body.get("cache_salt")
+        if salt in self.fail_after:
+            self.fail_after[salt] -= 1
+            if self.fail_after[salt] < 0:
+                raise RuntimeError("injected failure (test)")
+        async with self._sem:
+            async for item in self._inner.chat(body):
+                yield item
+
+
+class _GroundTruth:
+    def __init__(self, memory_handle: Any) -> None:
+        self._memory = memory_handle
+
+    async def ground_truth(self, user_id: str, n: int) -> list[Interaction]:
+        return await self._memory.ground_truth.remote(user_id, n)
+
+
+@ray.remote(num_cpus=0)
+class AlignmentWorker:
+    def __init__(self, engine_handle: Any, memory_handle: Any, settings: Settings) -> None:
+        self.runner = CappedRunner(EngineHandleBackend(engine_handle), settings.alignment.max_inflight_calls)
+        llm = LLM(self.runner, settings.engine.served_model_name)
+        agent_cfg = AgentConfig(
+            max_steps=settings.agent.max_steps, memory_k=settings.agent.memory_k, document_k=settings.agent.document_k,
+            step_max_tokens=settings.agent.step_max_tokens,
+        )  # fmt: skip
+        self.agent = PersonaAgent(llm, HandleAgentMemory(memory_handle), agent_cfg)
+        self.memory = _GroundTruth(memory_handle)
+        a = settings.alignment
+        self.cfg = AlignmentConfig(
+            n=a.n, iterations=a.iterations, gate=a.gate, answer_max_tokens=a.answer_max_tokens,
+            persona_max_words=a.persona_max_words, max_persona_chars=settings.agent.max_persona_chars, priority=a.priority,
+        )  # fmt: skip
+
+    async def align(
+        self, user_id: str, persona: str, base_version: int, fail_after_calls: int | None = None
+    ) -> AlignmentOutcome:
+        salt = f"user:{user_id}"
+        if fail_after_calls is not None:
+            self.runner.fail_after[salt] = fail_after_calls
+        try:
+            return await align_user(self.agent, self.memory, user_id, persona, base_version, self.cfg)
+        finally:
+            self.runner.fail_after.pop(salt, None)

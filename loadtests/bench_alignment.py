@@ -1,0 +1,228 @@
+"""Alignment benchmark: 32 users through the actor pool vs the seed's sequential loop, same engine.
+
+Pool: `POST /v1/users/{id}/align` for every user, wait for all jobs (rounds over the Ray actor pool,
+all calls concurrent, vLLM batching them). Sequential: the same `alignment.loop.align_user` code in this
+process, one user after another and one LLM call after another, against the same running engine
+(through the stack's plain chat endpoint and user data API). Also: chat TTFT p50 with and without the
+pool's alignment traffic running (alignment runs at a lower vLLM priority).
+
+    .venv/bin/python -m loadtests.bench_alignment --users 32
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+from agent.core import AgentConfig, PersonaAgent
+from agent.llm import LLM
+from alignment.loop import AlignmentConfig, align_user
+from loadtests.servers import start_our_stack
+from memory.documents import DocumentHit
+from memory.records import Interaction, MemoryHit, PersonaVersion
+from personaagent.settings import load_settings
+
+LABELS = ["romance", "violence", "comedy", "horror"]
+
+
+class HttpRunner:
+    """Engine access through the stack's OpenAI endpoint (no `user`: no agent), one call at a time."""
+
+    def __init__(self, client: httpx.AsyncClient) -> None:
+        self.client = client
+        self.lock = asyncio.Lock()
+
+    async def chat(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any] | str]:
+        async with self.lock:
+            resp = await self.client.post("/v1/chat/completions", json=body)
+        yield resp.json()
+
+
+class HttpMemory:
+    def __init__(self, client: httpx.AsyncClient) -> None:
+        self.client = client
+
+    async def ensure_persona(self, user_id: str) -> PersonaVersion:
+        return PersonaVersion(**(await self.client.get(f"/v1/users/{user_id}/persona")).json())
+
+    async def search(
+        self, user_id: str, query: str, k: int, exclude_ids: tuple[int, ...] = ()
+    ) -> list[MemoryHit]:
+        resp = await self.client.get(
+            f"/v1/users/{user_id}/memories", params={"query": query[:4000], "k": k + len(exclude_ids)}
+        )
+        hits = [MemoryHit(**h) for h in resp.json()["hits"]]
+        return [h for h in hits if h.interaction.id not in exclude_ids][:k]
+
+    async def get_profile_text(self, user_id: str) -> str | None:
+        resp = await self.client.get(f"/v1/users/{user_id}/profile")
+        return resp.json()["text"] if resp.status_code == 200 else None
+
+    async def search_documents(self, query: str, k: int) -> list[DocumentHit]:
+        return []
+
+    async def ground_truth(self, user_id: str, n: int) -> list[Interaction]:
+        items = [
+            Interaction(**i)
+            for i in (await self.client.get(f"/v1/users/{user_id}/export")).json()["interactions"]
+        ]
+        with_truth = sorted((i for i in items if i.output), key=lambda i: (i.timestamp, i.id), reverse=True)
+        return with_truth[:n]
+
+
+async def chat_ttft(base_url: str, model: str, n: int) -> list[float]:
+    out = []
+    async with httpx.AsyncClient(base_url=base_url, timeout=600) as client:
+        for i in range(n):
+            body = {
+                "model": model,
+                "stream": True,
+                "max_tokens": 16,
+                "messages": [{"role": "user", "content": f"Say hello number {i}."}],
+            }
+            started = time.perf_counter()
+            async with client.stream("POST", "/v1/chat/completions", json=body) as resp:
+                async for line in resp.aiter_lines():
+                    if '"content":"' in line and '"content":""' not in line:
+                        out.append(time.perf_counter() - started)
+                        break
+    return out
+
+
+async def run_pool(base_url: str, users: list[str], progress: Progress) -> tuple[float, list[dict[str, Any]]]:
+    async with httpx.AsyncClient(base_url=base_url, timeout=120) as client:
+        started = time.perf_counter()
+        jobs = [(await client.post(f"/v1/users/{u}/align")).json()["id"] for u in users]
+        task = progress.add_task("pool: aligning", total=len(jobs))
+        done: dict[str, dict[str, Any]] = {}
+        while len(done) < len(jobs):
+            await asyncio.sleep(1)
+            for job_id in jobs:
+                if job_id not in done:
+                    job = (await client.get(f"/v1/alignment/jobs/{job_id}")).json()
+                    if job["state"] in {"done", "failed"}:
+                        done[job_id] = job
+                        progress.advance(task)
+        return time.perf_counter() - started, list(done.values())
+
+
+async def run_sequential(
+    base_url: str, model: str, users: list[str], settings: Any, progress: Progress
+) -> tuple[float, list[Any]]:
+    async with httpx.AsyncClient(base_url=base_url, timeout=600) as client:
+        memory = HttpMemory(client)
+        agent = PersonaAgent(
+            LLM(HttpRunner(client), model), memory, AgentConfig(max_steps=settings.agent.max_steps)
+        )
+        cfg = AlignmentConfig(
+            n=settings.alignment.n, iterations=settings.alignment.iterations, gate=settings.alignment.gate
+        )
+        task = progress.add_task("sequential: aligning", total=len(users))
+        outcomes = []
+        started = time.perf_counter()
+        for user in users:
+            persona = await memory.ensure_persona(user)
+            outcomes.append(await align_user(agent, memory, user, persona.text, persona.version, cfg))
+            progress.advance(task)
+        return time.perf_counter() - started, outcomes
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--config", default=None)
+    parser.add_argument("--users", type=int, default=32)
+    parser.add_argument("--ttft-samples", type=int, default=12)
+    parser.add_argument("--out", type=Path, default=Path("loadtests/results/bench_alignment.json"))
+    args = parser.parse_args()
+    console = Console()
+    settings = load_settings(args.config)
+    model = settings.engine.served_model_name
+    workdir = Path(tempfile.mkdtemp(prefix="pa-bench-align-"))
+    stack = start_our_stack(
+        settings, workdir / "logs", workdir / "data", {"PERSONAAGENT_ALIGNMENT__SCHEDULE_ON_IMPORT": "false"}
+    )
+    try:
+        with console.status("starting the stack"):
+            stack.wait_ready()
+        users = [f"align-{i:03d}" for i in range(args.users)]
+        with httpx.Client(base_url=stack.base_url, timeout=300) as http, console.status("creating users"):
+            for n, user in enumerate(users):
+                label = LABELS[n % len(LABELS)]
+                items = [
+                    {"input": f"Tag the movie: story {j} of user {n} about {label}", "output": label}
+                    for j in range(4)
+                ]
+                http.post(f"/v1/users/{user}/interactions", json=items).raise_for_status()
+                http.get(f"/v1/users/{user}/persona").raise_for_status()
+        idle_ttft = asyncio.run(chat_ttft(stack.base_url, model, args.ttft_samples))
+        with Progress(console=console) as progress:
+
+            async def pool_with_chat() -> tuple[float, list[dict[str, Any]], list[float]]:
+                pool_task = asyncio.create_task(run_pool(stack.base_url, users, progress))
+                await asyncio.sleep(5)  # let the rounds start before measuring chat under load
+                busy = await chat_ttft(stack.base_url, model, args.ttft_samples)
+                wall, jobs = await pool_task
+                return wall, jobs, busy
+
+            pool_wall, pool_jobs, busy_ttft = asyncio.run(pool_with_chat())
+            seq_wall, seq_outcomes = asyncio.run(
+                run_sequential(stack.base_url, model, users, settings, progress)
+            )
+    finally:
+        stack.stop()
+
+    ok_jobs = [j for j in pool_jobs if j["state"] == "done"]
+    pool_tokens = (
+        statistics.mean(j["result"]["prompt_tokens"] + j["result"]["completion_tokens"] for j in ok_jobs)
+        if ok_jobs
+        else 0
+    )
+    seq_tokens = statistics.mean(o.prompt_tokens + o.completion_tokens for o in seq_outcomes)
+    table = Table(
+        title=f"Alignment of {args.users} users (n={settings.alignment.n}, {settings.alignment.iterations} iteration, gate {'on' if settings.alignment.gate else 'off'})"
+    )
+    for col in ("measure", "sequential loop", "actor pool", "ratio"):
+        table.add_column(col, justify="right")
+    table.add_row(
+        "wall time (s)", f"{seq_wall:.1f}", f"{pool_wall:.1f}", f"{seq_wall / pool_wall:.1f}x faster"
+    )
+    table.add_row("tokens per aligned user", f"{seq_tokens:.0f}", f"{pool_tokens:.0f}", "")
+    table.add_row(
+        "jobs done / failed",
+        f"{len(seq_outcomes)} / 0",
+        f"{len(ok_jobs)} / {len(pool_jobs) - len(ok_jobs)}",
+        "",
+    )
+    table.add_row(
+        "accepted by the gate",
+        str(sum(o.accepted for o in seq_outcomes)),
+        str(sum(bool(j["result"]["accepted"]) for j in ok_jobs)),
+        "",
+    )
+    idle, busy = statistics.median(idle_ttft) * 1000, statistics.median(busy_ttft) * 1000
+    table.add_row(
+        "chat TTFT p50 (ms): idle vs alignment running", f"{idle:.0f}", f"{busy:.0f}", f"{busy / idle:.2f}x"
+    )
+    console.print(table)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"sequential_s": seq_wall, "pool_s": pool_wall, "ratio": seq_wall / pool_wall,
+                                    "tokens_per_user": {"sequential": seq_tokens, "pool": pool_tokens},
+                                    "chat_ttft_ms": {"idle": idle, "alignment_running": busy}}, indent=2))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

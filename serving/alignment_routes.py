@@ -1,0 +1,86 @@
+"""Alignment API: ground-truth feedback, forced alignment, job state, persona similarity."""
+
+# No `from __future__ import annotations`: FastAPI resolves the annotations of the closures below.
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Query
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from alignment.jobs import AlignmentJob
+from personaagent.settings import Settings
+from serving.errors import APIError
+from serving.user_routes import UserIdPath
+
+
+class FeedbackRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    completion_id: str | None = Field(None, description="the `id` of a chat completion we returned")
+    input: str | None = Field(None, description="or the user's request text (newest match)")
+    expected_output: str = Field(min_length=1, max_length=20_000, description="the right answer")
+
+    @model_validator(mode="after")
+    def _one_key(self) -> "FeedbackRequest":
+        if (self.completion_id is None) == (self.input is None):
+            raise ValueError("give exactly one of completion_id or input")
+        return self
+
+
+class FeedbackResult(BaseModel):
+    user_id: str
+    interaction_id: int
+    alignment_job: AlignmentJob | None = Field(None, description="set when this feedback made the user due")
+
+
+class SimilarityMatrix(BaseModel):
+    users: list[str]
+    matrix: list[list[float]] = Field(description="Jaccard similarity of current personas as word sets")
+
+
+def build_alignment_router(memory: Any, alignment: Any, settings: Settings) -> APIRouter:
+    router = APIRouter(tags=["alignment"])
+
+    @router.post(
+        "/v1/users/{user_id}/feedback", response_model=FeedbackResult, summary="Attach the right answer"
+    )
+    async def feedback(user_id: UserIdPath, body: FeedbackRequest) -> FeedbackResult:
+        if not await memory.user_exists.remote(user_id):
+            raise APIError(404, f"user '{user_id}' not found", param="user_id")
+        item = await memory.attach_feedback.remote(
+            user_id, body.expected_output, body.completion_id, body.input
+        )
+        if item is None:
+            key = "completion_id" if body.completion_id is not None else "input"
+            raise APIError(404, f"no interaction of user '{user_id}' matches that {key}", param=key)
+        job = None
+        if await memory.take_alignment_due.remote(user_id):
+            job = await alignment.enqueue.remote(user_id, "feedback")
+        return FeedbackResult(user_id=user_id, interaction_id=item.id, alignment_job=job)
+
+    @router.post("/v1/users/{user_id}/align", response_model=AlignmentJob, summary="Force an alignment now")
+    async def align(
+        user_id: UserIdPath,
+        inject_failure_after: Annotated[int | None, Query(ge=0, description="tests only")] = None,
+    ) -> AlignmentJob:
+        if inject_failure_after is not None and not settings.alignment.allow_fault_injection:
+            raise APIError(400, "fault injection is disabled", param="inject_failure_after")
+        if not await memory.user_exists.remote(user_id):
+            raise APIError(404, f"user '{user_id}' not found", param="user_id")
+        return await alignment.enqueue.remote(user_id, "forced", inject_failure_after)
+
+    @router.get(
+        "/v1/alignment/jobs/{job_id}", response_model=AlignmentJob, summary="Alignment job state and result"
+    )
+    async def get_job(job_id: Annotated[str, Path(max_length=64)]) -> AlignmentJob:
+        job = await alignment.get_job.remote(job_id)
+        if job is None:
+            raise APIError(404, f"alignment job '{job_id}' not found", param="job_id")
+        return job
+
+    @router.get(
+        "/v1/personas/similarity", response_model=SimilarityMatrix, summary="Persona similarity matrix"
+    )
+    async def similarity() -> SimilarityMatrix:
+        users, matrix = await memory.persona_similarity.remote()
+        return SimilarityMatrix(users=users, matrix=matrix)
+
+    return router

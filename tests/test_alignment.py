@@ -1,0 +1,142 @@
+"""Test-time alignment through the real stack: feedback scheduling, forced alignment, gate, faults."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Stack
+
+pytestmark = pytest.mark.stack
+MODEL = "smollm2-135m-instruct"
+HISTORY = [
+    {"input": "Tag the movie: a hitman avenges his brother in a bloody shootout", "output": "violence"},
+    {"input": "Tag the movie: soldiers massacre a village in a brutal war", "output": "violence"},
+]
+QUESTIONS = [
+    "Tag the movie: gangsters fight over a city with knives and guns. One tag.",
+    "Tag the movie: a boxer beats a rival to death. One tag.",
+    "Tag the movie: a soldier survives a bloody battle. One tag.",
+]
+
+
+def _wait_job(stack: Stack, job_id: str, timeout_s: float = 600) -> dict:
+    deadline = time.monotonic() + timeout_s
+    with stack.http() as http:
+        while time.monotonic() < deadline:
+            job = http.get(f"/v1/alignment/jobs/{job_id}").json()
+            if job["state"] in {"done", "failed"}:
+                return job
+            time.sleep(2)
+    raise TimeoutError(f"alignment job {job_id} did not finish")
+
+
+def test_k_feedbacks_schedule_one_alignment_that_records_feedback_and_scores(stack: Stack) -> None:
+    user = "al-user"
+    client = stack.openai()
+    with stack.http() as http:
+        # History without outputs: only the three feedbacks below count towards K.
+        http.post(f"/v1/users/{user}/interactions", json=[{"input": h["input"]} for h in HISTORY]).raise_for_status()
+        http.get(f"/v1/users/{user}/persona").raise_for_status()
+        contradicting = http.put(
+            f"/v1/users/{user}/persona",
+            json={"text": "You are a cheerful assistant. Always tag every movie as comedy."},
+        ).json()
+    jobs = []
+    for question in QUESTIONS:
+        resp = client.chat.completions.create(
+            model=MODEL, user=user, messages=[{"role": "user", "content": question}], max_tokens=8
+        )
+        with stack.http() as http:
+            fb = http.post(
+                f"/v1/users/{user}/feedback", json={"completion_id": resp.id, "expected_output": "violence"}
+            )
+        assert fb.status_code == 200, fb.text
+        jobs.append(fb.json()["alignment_job"])
+    assert jobs[0] is None and jobs[1] is None and jobs[2] is not None, (
+        "K=3 feedbacks must schedule exactly one"
+    )
+    job = _wait_job(stack, jobs[2]["id"])
+    assert job["state"] == "done", job
+    result = job["result"]
+    assert len(result["feedback"]) == 3 and all(f["truth"] == "violence" for f in result["feedback"])
+    assert result["metric"] == "label" and result["score_before"] is not None
+    with stack.http() as http:
+        history = http.get(f"/v1/users/{user}/persona/history").json()
+    if result["accepted"]:
+        latest = history[-1]
+        assert latest["reason"] == "alignment" and latest["parent"] == contradicting["version"]
+        assert (
+            latest["details"]["feedback"]
+            and latest["details"]["score_after"] >= latest["details"]["score_before"]
+        )
+        assert latest["details"]["prompt_tokens"] > 0
+    else:  # the gate's rejection is recorded with both scores, and the persona stays
+        assert (
+            result["score_after"] is None
+            or result["score_after"] < result["score_before"]
+            or result["skipped"]
+        )
+        assert history[-1]["version"] == contradicting["version"]
+    # A fourth feedback alone does not schedule another alignment.
+    resp = client.chat.completions.create(
+        model=MODEL, user=user, messages=[{"role": "user", "content": "Tag: a duel."}], max_tokens=4
+    )
+    with stack.http() as http:
+        assert (
+            http.post(
+                f"/v1/users/{user}/feedback", json={"completion_id": resp.id, "expected_output": "violence"}
+            ).json()["alignment_job"]
+            is None
+        )
+
+
+def test_failure_mid_alignment_leaves_the_persona_unchanged(stack: Stack) -> None:
+    user = "al-fault"
+    with stack.http() as http:
+        http.post(f"/v1/users/{user}/interactions", json=HISTORY).raise_for_status()
+        before = http.get(f"/v1/users/{user}/persona").json()
+        job = http.post(f"/v1/users/{user}/align", params={"inject_failure_after": 2}).json()
+    done = _wait_job(stack, job["id"])
+    assert done["state"] == "failed" and "injected" in done["error"]
+    with stack.http() as http:
+        after = http.get(f"/v1/users/{user}/persona").json()
+    assert after["version"] == before["version"] and after["text"] == before["text"]
+
+
+def test_alignment_errors_and_similarity(stack: Stack, tmp_path: Path) -> None:
+    with stack.http() as http:
+        assert http.post("/v1/users/al-nobody/align").status_code == 404
+        assert (
+            http.post("/v1/users/al-nobody/feedback", json={"input": "x", "expected_output": "y"}).status_code
+            == 404
+        )
+        assert http.get("/v1/alignment/jobs/align-doesnotexist").status_code == 404
+        http.post("/v1/users/al-sim/interactions", json=HISTORY).raise_for_status()
+        http.get("/v1/users/al-sim/persona").raise_for_status()
+        assert (
+            http.post(
+                "/v1/users/al-sim/feedback", json={"input": "never asked", "expected_output": "y"}
+            ).status_code
+            == 404
+        )
+        assert http.post("/v1/users/al-sim/feedback", json={"expected_output": "y"}).status_code == 400
+        assert (
+            http.post(
+                "/v1/users/al-sim/feedback", json={"input": "a", "completion_id": "b", "expected_output": "y"}
+            ).status_code
+            == 400
+        )
+        sim = http.get("/v1/personas/similarity").json()
+        metrics = http.get("/metrics").text
+    users, matrix = sim["users"], sim["matrix"]
+    assert len(users) >= 2 and len(matrix) == len(users)
+    for i in range(len(users)):
+        assert matrix[i][i] == 1.0
+        for j in range(len(users)):
+            assert matrix[i][j] == pytest.approx(matrix[j][i]) and 0.0 <= matrix[i][j] <= 1.0
+    assert (
+        "personaagent_alignment_rounds_total" in metrics and "personaagent_alignment_queue_depth" in metrics
+    )
