@@ -238,6 +238,11 @@ class SQLiteStore:
             self._query("SELECT COUNT(*) AS n FROM interactions WHERE user_id = ?", (user_id,))[0]["n"]
         )
 
+    @staticmethod
+    def _next_version(conn: sqlite3.Connection, table: str, user_id: str) -> int:
+        sql = f"SELECT COALESCE(MAX(version), 0) + 1 FROM {table} WHERE user_id = ?"
+        return int(conn.execute(sql, (user_id,)).fetchone()[0])
+
     # -- ground truth (alignment) -------------------------------------------------------------------
 
     def ground_truth(self, user_id: str, n: int) -> list[Interaction]:
@@ -297,9 +302,7 @@ class SQLiteStore:
         now = utcnow()
         with self._tx() as conn:
             self._ensure_user(conn, user_id)
-            version = conn.execute(
-                "SELECT COALESCE(MAX(version), 0) + 1 FROM profiles WHERE user_id = ?", (user_id,)
-            ).fetchone()[0]
+            version = self._next_version(conn, "profiles", user_id)
             conn.execute(
                 "INSERT INTO profiles(user_id, version, text, interactions_covered, prompt, created_at)"
                 " VALUES (?, ?, ?, ?, ?, ?)",
@@ -333,9 +336,7 @@ class SQLiteStore:
         now = utcnow()
         with self._tx() as conn:
             self._ensure_user(conn, user_id)
-            version = conn.execute(
-                "SELECT COALESCE(MAX(version), 0) + 1 FROM personas WHERE user_id = ?", (user_id,)
-            ).fetchone()[0]
+            version = self._next_version(conn, "personas", user_id)
             conn.execute(
                 "INSERT INTO personas(user_id, version, text, reason, parent, created_at, details)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?)",

@@ -38,7 +38,9 @@ def test_k_feedbacks_schedule_one_alignment_that_records_feedback_and_scores(sta
     client = stack.openai()
     with stack.http() as http:
         # History without outputs: only the three feedbacks below count towards K.
-        http.post(f"/v1/users/{user}/interactions", json=[{"input": h["input"]} for h in HISTORY]).raise_for_status()
+        http.post(
+            f"/v1/users/{user}/interactions", json=[{"input": h["input"]} for h in HISTORY]
+        ).raise_for_status()
         http.get(f"/v1/users/{user}/persona").raise_for_status()
         contradicting = http.put(
             f"/v1/users/{user}/persona",
