@@ -132,7 +132,7 @@ def main() -> None:
     }
 
     table = Table(
-        title=f"Episodic search, top-{args.k}, {args.users} users x {args.per_user} memories (query embedding excluded)"
+        title=f"Episodic search, top-{args.k}, {args.users} users x {args.per_user} memories"
     )
     for col in ("path", "p50 (ms)", "p99 (ms)", "target p99 <= 2 ms"):
         table.add_column(col, justify="right")
