@@ -131,9 +131,7 @@ def main() -> None:
         "faiss_share": t_index / total,
     }
 
-    table = Table(
-        title=f"Episodic search, top-{args.k}, {args.users} users x {args.per_user} memories"
-    )
+    table = Table(title=f"Episodic search, top-{args.k}, {args.users} users x {args.per_user} memories")
     for col in ("path", "p50 (ms)", "p99 (ms)", "target p99 <= 2 ms"):
         table.add_column(col, justify="right")
     for label, r in results.items():

@@ -36,13 +36,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    settings = _apply_overrides(load_settings(args.config), args)
+    ray_env: dict[str, str] = {}
+    if settings.server.throughput_optimized:
+        # Ray Serve's own throughput mode (direct ingress, no proxy hop, user code on the main loop). Read at
+        # import time by every Ray process, so it is set before `import ray` here and for the workers.
+        ray_env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1"
+        os.environ.update(ray_env)
     import ray
     from ray import serve
 
     from serving.app import build_app
     from serving.engine import resolve_model_path
 
-    settings = _apply_overrides(load_settings(args.config), args)
     started = time.monotonic()
     resolve_model_path(settings)  # convert the embedded model here, once, with visible progress
     Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
@@ -50,6 +56,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         address=settings.ray.address,
         num_cpus=None if settings.ray.address else settings.ray.num_cpus,
         include_dashboard=False,
+        runtime_env={"env_vars": ray_env} if ray_env else None,
         configure_logging=True,
         logging_level=logging.WARNING,
     )

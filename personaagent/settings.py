@@ -50,6 +50,7 @@ class ServerSettings(BaseModel):
     max_messages: int = Field(256, ge=1)
     ingress_replicas: int = Field(1, ge=1)
     health_timeout_s: float = Field(3.0, gt=0)
+    throughput_optimized: bool = Field(False, description="Ray Serve's RAY_SERVE_THROUGHPUT_OPTIMIZED mode")
 
 
 class MemorySettings(BaseModel):
