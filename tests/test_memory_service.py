@@ -146,3 +146,20 @@ def test_counters_track_new_interactions_and_ground_truth(service: MemoryService
     assert user.ground_truth_since_alignment == 1
     service.store.add_profile("ivy", "p", 2, "t@v1")
     assert service.store.get_user("ivy").interactions_since_profile == 0  # type: ignore[union-attr]
+
+
+def test_ground_truth_makes_a_user_due_once_per_k(service: MemoryService) -> None:
+    ids = service.add_interactions_sync("kim", [InteractionIn(input=f"q{i}") for i in range(4)], "chat")
+    assert service.store.take_alignment_due("kim", 3) is False
+    for n, interaction_id in enumerate(ids[:2]):
+        row = service.store.get_interactions([interaction_id])[0]
+        assert (
+            service.attach_feedback("kim", f"truth {n}", completion_id=None, input_text=row.input) is not None
+        )
+    assert service.store.take_alignment_due("kim", 3) is False
+    service.add_interactions_sync("kim", [InteractionIn(input="imported", output="label")], "import")
+    assert service.store.take_alignment_due("kim", 3) is True  # 2 feedbacks + 1 imported truth = K
+    assert service.store.take_alignment_due("kim", 3) is False  # exactly once
+    truths = service.store.ground_truth("kim", 3)
+    assert truths[0].output == "label" and len(truths) == 3
+    assert service.attach_feedback("kim", "x", completion_id="nope", input_text=None) is None
