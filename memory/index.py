@@ -88,10 +88,6 @@ class EpisodicIndex:
             if entry is not None:
                 entry.index.reset()
 
-    def user_ids(self, user_id: str) -> np.ndarray:
-        entry = self._users.get(user_id)
-        return entry.ids.copy() if entry is not None else np.zeros(0, dtype=np.int64)
-
     def has_user(self, user_id: str) -> bool:
         return user_id in self._users
 

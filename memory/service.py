@@ -86,13 +86,6 @@ class MemoryService:
         self.index.add(user_id, np.asarray(ids, dtype=np.int64), vectors)
         return ids
 
-    async def import_interactions(
-        self, user_id: str, items: Sequence[InteractionIn], source: Source = "import"
-    ) -> list[int]:
-        ids = await asyncio.to_thread(self.add_interactions_sync, user_id, items, source)
-        self.maybe_refresh_profile(user_id)
-        return ids
-
     def delete_user(self, user_id: str) -> bool:
         existed = self.store.delete_user(user_id)
         self.index.remove_user(user_id)
@@ -118,12 +111,6 @@ class MemoryService:
             # A row deleted between search and fetch is skipped, never substituted.
             out.append([MemoryHit(interaction=rows[i], score=s) for i, s in kept if i in rows])
         return out
-
-    async def search(
-        self, user_id: str, query: str, k: int, exclude_ids: Sequence[int] = ()
-    ) -> list[MemoryHit]:
-        vectors = await asyncio.to_thread(self.embedder.encode, [query])
-        return self.search_vectors(user_id, vectors, k, exclude_ids)[0]
 
     def get_profile(self, user_id: str) -> Profile | None:
         return self.store.latest_profile(user_id)
@@ -175,11 +162,6 @@ class MemoryService:
                 logger.warning("profile refresh for %s failed: %s", user_id, t.exception())
 
         task.add_done_callback(_done)
-
-    async def wait_for_profile_tasks(self) -> None:
-        tasks = list(self._profile_tasks.values())
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
 
     # -- personas (the agent's per-user system prompt; stored here, shaped by agent.persona) ---------
 

@@ -231,13 +231,6 @@ class SQLiteStore:
             vectors = np.stack([np.frombuffer(r["embedding"], dtype=np.float32) for r in rows])
             yield user_id, ids, vectors
 
-    def count_interactions(self, user_id: str | None = None) -> int:
-        if user_id is None:
-            return int(self._query("SELECT COUNT(*) AS n FROM interactions")[0]["n"])
-        return int(
-            self._query("SELECT COUNT(*) AS n FROM interactions WHERE user_id = ?", (user_id,))[0]["n"]
-        )
-
     @staticmethod
     def _next_version(conn: sqlite3.Connection, table: str, user_id: str) -> int:
         sql = f"SELECT COALESCE(MAX(version), 0) + 1 FROM {table} WHERE user_id = ?"

@@ -38,6 +38,3 @@ class EngineHandleBackend:
 
     async def count_chat_tokens(self, messages: list[dict[str, Any]]) -> int:
         return await self._engine.count_chat_tokens.remote(messages)
-
-    async def engine_info(self) -> dict[str, Any]:
-        return await self._engine.engine_info.remote()

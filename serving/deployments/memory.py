@@ -79,11 +79,6 @@ class MemoryDeployment:
             return None
         return await self._search_batch((user_id, query, k, tuple(exclude_ids)))
 
-    async def search_unbatched(self, user_id: str, query: str, k: int) -> list[MemoryHit] | None:
-        if not self.service.user_exists(user_id):
-            return None
-        return await self.service.search(user_id, query, k)
-
     async def get_profile(self, user_id: str) -> tuple[bool, Profile | None]:
         """(user exists, latest profile)."""
         return self.service.user_exists(user_id), self.service.get_profile(user_id)
