@@ -19,6 +19,7 @@ from agent.prompts import ACTION_STEP, TOOL_CONTEXT
 from agent.tools import ANSWER, BUILTIN_TOOLS, ToolSpec, ToolStep, client_tool_specs
 from memory.documents import DocumentHit
 from memory.records import MemoryHit, PersonaVersion
+from personaagent.settings import AgentSettings
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +48,16 @@ class AgentConfig(BaseModel):
     # Retrieve the user's memories for the request before the loop: even a small model then answers
     # with the user's own history in view; the persona still decides any further searches.
     auto_memory_search: bool = True
+
+    @classmethod
+    def from_settings(cls, agent: AgentSettings) -> AgentConfig:
+        """The agent's loop settings from the service settings (chat and alignment use the same)."""
+        return cls(
+            max_steps=agent.max_steps,
+            memory_k=agent.memory_k,
+            document_k=agent.document_k,
+            step_max_tokens=agent.step_max_tokens,
+        )
 
 
 class ClientToolCall(BaseModel):

@@ -12,10 +12,9 @@ from typing import Any
 
 import ray
 
-from agent.core import AgentConfig, PersonaAgent
+from agent.core import AgentConfig, PersonaAgent, cache_salt_for
 from agent.llm import LLM
 from alignment.loop import AlignmentConfig, AlignmentOutcome, align_user
-from memory.records import Interaction
 from personaagent.settings import Settings
 from serving.agent_backend import HandleAgentMemory
 from serving.backend import EngineHandleBackend
@@ -40,25 +39,13 @@ class CappedRunner:
                 yield item
 
 
-class _GroundTruth:
-    def __init__(self, memory_handle: Any) -> None:
-        self._memory = memory_handle
-
-    async def ground_truth(self, user_id: str, n: int) -> list[Interaction]:
-        return await self._memory.ground_truth.remote(user_id, n)
-
-
 @ray.remote(num_cpus=0)
 class AlignmentWorker:
     def __init__(self, engine_handle: Any, memory_handle: Any, settings: Settings) -> None:
         self.runner = CappedRunner(EngineHandleBackend(engine_handle), settings.alignment.max_inflight_calls)
         llm = LLM(self.runner, settings.engine.served_model_name)
-        agent_cfg = AgentConfig(
-            max_steps=settings.agent.max_steps, memory_k=settings.agent.memory_k, document_k=settings.agent.document_k,
-            step_max_tokens=settings.agent.step_max_tokens,
-        )  # fmt: skip
-        self.agent = PersonaAgent(llm, HandleAgentMemory(memory_handle), agent_cfg)
-        self.memory = _GroundTruth(memory_handle)
+        self.memory = HandleAgentMemory(memory_handle)
+        self.agent = PersonaAgent(llm, self.memory, AgentConfig.from_settings(settings.agent))
         a = settings.alignment
         self.cfg = AlignmentConfig(
             n=a.n, iterations=a.iterations, gate=a.gate, answer_max_tokens=a.answer_max_tokens,
@@ -68,7 +55,7 @@ class AlignmentWorker:
     async def align(
         self, user_id: str, persona: str, base_version: int, fail_after_calls: int | None = None
     ) -> AlignmentOutcome:
-        salt = f"user:{user_id}"
+        salt = cache_salt_for(user_id)
         if fail_after_calls is not None:
             self.runner.fail_after[salt] = fail_after_calls
         try:

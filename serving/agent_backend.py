@@ -1,11 +1,11 @@
-"""The agent core's `AgentMemory` over a Ray Serve handle to `MemoryDeployment`."""
+"""The agent core's `AgentMemory` (and alignment's `AlignmentMemory`) over a handle to `MemoryDeployment`."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from memory.documents import DocumentHit
-from memory.records import MemoryHit, PersonaVersion
+from memory.records import Interaction, MemoryHit, PersonaVersion
 
 
 class HandleAgentMemory:
@@ -25,3 +25,6 @@ class HandleAgentMemory:
 
     async def search_documents(self, query: str, k: int) -> list[DocumentHit]:
         return await self._memory.search_documents.remote(query, k)
+
+    async def ground_truth(self, user_id: str, n: int) -> list[Interaction]:
+        return await self._memory.ground_truth.remote(user_id, n)

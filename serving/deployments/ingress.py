@@ -28,13 +28,7 @@ class IngressDeployment:
     def __serve_build_asgi_app__(self) -> FastAPI:
         settings = self._settings
         llm = LLM(self._backend, settings.engine.served_model_name)
-        config = AgentConfig(
-            max_steps=settings.agent.max_steps,
-            memory_k=settings.agent.memory_k,
-            document_k=settings.agent.document_k,
-            step_max_tokens=settings.agent.step_max_tokens,
-        )
-        agent = PersonaAgent(llm, HandleAgentMemory(self._memory), config)
+        agent = PersonaAgent(llm, HandleAgentMemory(self._memory), AgentConfig.from_settings(settings.agent))
         personalized = PersonalizedChat(
             agent, self._backend, self._memory, settings.agent.write_back, settings.agent.trace_final_prompt
         )
