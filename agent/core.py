@@ -162,6 +162,11 @@ def forced_tool(tool_choice: Any, tools: Sequence[ToolSpec]) -> ToolSpec | None:
     return None
 
 
+def _call_key(name: str, arguments: dict[str, Any]) -> str:
+    """Identity of a tool call, to stop a loop that repeats itself."""
+    return json.dumps([name, arguments], sort_keys=True)
+
+
 def _clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
@@ -232,14 +237,9 @@ class PersonaAgent:
         seen_calls: set[str] = set()
         request_text = last_user_text(messages)
         if cfg.use_memory and cfg.auto_memory_search and request_text.strip() and not observations:
-            step, full = await self._run_builtin(
-                user_id, "search_memory", {"query": request_text[:200]}, exclude_ids
-            )
-            step.auto = True
-            plan.steps.append(step)
-            seen_calls.add(json.dumps(["search_memory", {"query": request_text[:200]}], sort_keys=True))
-            observations.append(f"search_memory:\n{_clip(full, cfg.observation_chars)}")
-            step.result = _clip(full, cfg.trace_result_chars)
+            arguments = {"query": request_text[:200]}
+            seen_calls.add(_call_key("search_memory", arguments))
+            await self._run_step(plan, observations, "search_memory", arguments, exclude_ids, auto=True)
         for n in range(cfg.max_steps if tools else 0):
             options = [forced] if (forced is not None and n == 0) else tools
             decision = await self._decide(
@@ -248,7 +248,7 @@ class PersonaAgent:
             if decision is None or decision[0] == ANSWER:
                 break
             name, arguments = decision
-            key = json.dumps([name, arguments], sort_keys=True)
+            key = _call_key(name, arguments)
             if key in seen_calls:  # small models repeat themselves: a repeated call adds nothing
                 break
             seen_calls.add(key)
@@ -259,13 +259,28 @@ class PersonaAgent:
                 )
                 plan.final_messages = prefix
                 return plan
-            step, full = await self._run_builtin(user_id, name, arguments, exclude_ids)
-            plan.steps.append(step)
-            observations.append(f"{name}({json.dumps(arguments)}):\n{_clip(full, cfg.observation_chars)}")
-            step.result = _clip(full, cfg.trace_result_chars)
+            await self._run_step(plan, observations, name, arguments, exclude_ids)
 
         plan.final_messages = self._final_messages(prefix, observations)
         return plan
+
+    async def _run_step(
+        self,
+        plan: AgentPlan,
+        observations: list[str],
+        name: str,
+        arguments: dict[str, Any],
+        exclude_ids: Sequence[int],
+        auto: bool = False,
+    ) -> None:
+        """Run a built-in tool; record it in the trace (clipped) and as an observation for the prompt."""
+        cfg = self.config
+        step, full = await self._run_builtin(plan.user_id, name, arguments, exclude_ids)
+        step.auto = auto
+        step.result = _clip(full, cfg.trace_result_chars)
+        plan.steps.append(step)
+        label = name if auto else f"{name}({json.dumps(arguments)})"
+        observations.append(f"{label}:\n{_clip(full, cfg.observation_chars)}")
 
     def _final_messages(self, prefix: list[dict[str, str]], observations: list[str]) -> list[dict[str, Any]]:
         if not observations:
