@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 import jsonschema
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from agent.llm import LLM, LLMError
 from agent.prompts import ACTION_STEP, TOOL_CONTEXT
@@ -57,6 +57,24 @@ class AgentConfig(BaseModel):
             memory_k=agent.memory_k,
             document_k=agent.document_k,
             step_max_tokens=agent.step_max_tokens,
+        )
+
+
+class AgentOptions(BaseModel):
+    """Per-request switches (the `persona_agent_options` chat field): the paper's ablations, over HTTP."""
+
+    model_config = ConfigDict(extra="forbid")
+    persona: bool = Field(True, description="false: no persona system prompt")
+    memory: bool = Field(True, description="false: no episodic or semantic memory (search, profile, priming)")
+    tools: bool = Field(True, description="false: no action module (no tool loop, no memory priming)")
+
+    def apply(self, config: AgentConfig) -> AgentConfig:
+        return config.model_copy(
+            update={
+                "use_persona": config.use_persona and self.persona,
+                "use_memory": config.use_memory and self.memory,
+                "use_tools": config.use_tools and self.tools,
+            }
         )
 
 
@@ -215,8 +233,9 @@ class PersonaAgent:
         persona_override: str | None = None,
         priority: int = 0,
         tool_choice: Any = None,
+        options: AgentOptions | None = None,
     ) -> AgentPlan:
-        cfg = self.config
+        cfg = options.apply(self.config) if options is not None else self.config
         persona_version: int | None = None
         persona: str | None = None
         if cfg.use_persona:
@@ -236,7 +255,9 @@ class PersonaAgent:
         forced = None if observations else forced_tool(tool_choice, tools)
         seen_calls: set[str] = set()
         request_text = last_user_text(messages)
-        if cfg.use_memory and cfg.auto_memory_search and request_text.strip() and not observations:
+        # The priming search is an action too: without the action module the agent answers unaided.
+        priming = cfg.use_tools and cfg.use_memory and cfg.auto_memory_search
+        if priming and request_text.strip() and not observations:
             arguments = {"query": request_text[:200]}
             seen_calls.add(_call_key("search_memory", arguments))
             await self._run_step(plan, observations, "search_memory", arguments, exclude_ids, auto=True)

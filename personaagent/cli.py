@@ -137,6 +137,44 @@ def cmd_personas_heatmap(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Evaluate methods on LaMP-format data through a running server; resumable; JSON, Markdown and PNG out."""
+    import asyncio
+    import json
+
+    from evaluation.methods import METHODS, EvalSettings
+    from evaluation.report import markdown, write_reports
+    from evaluation.runner import RunRequest, results_payload, run
+
+    settings = load_settings(args.config)
+    url = args.url or f"http://{settings.server.host}:{settings.server.port}"
+    methods = (
+        list(METHODS) if args.methods == "all" else [m.strip() for m in args.methods.split(",") if m.strip()]
+    )
+    request = RunRequest(
+        base_url=url,
+        data=Path(args.data),
+        tasks=[t.strip() for t in args.tasks.split(",") if t.strip()],
+        methods=methods,
+        out=Path(args.out),
+        split=args.split,
+        limit=args.limit,
+        concurrency=args.concurrency,
+        api_key=args.api_key or os.environ.get("OPENAI_API_KEY", "not-needed"),
+        settings=EvalSettings(k=args.k, keep_users=args.keep_users),
+    )
+    try:
+        results = asyncio.run(run(request))
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    (request.out / "results.json").write_text(json.dumps(results_payload(results), indent=2) + "\n")
+    paths = write_reports(results, request.out)
+    print(markdown(results))
+    print(f"wrote {request.out / 'results.json'}, {', '.join(str(p) for p in paths.values())}")
+    return 1 if any(m.errors for r in results for m in r.methods) else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="personaagent", description=__doc__)
     parser.add_argument(
@@ -162,6 +200,22 @@ def build_parser() -> argparse.ArgumentParser:
     heat.add_argument("--out", default="persona_similarity.png")
     heat.add_argument("--url", default=None, help="server base URL (default: from settings)")
     heat.set_defaults(func=cmd_personas_heatmap)
+
+    ev = sub.add_parser("eval", help="LaMP evaluation of methods and ablations through a running server")
+    ev.add_argument(
+        "--data", default="evaluation/data/synthetic", help="folder with <task>/<split>_questions.json"
+    )
+    ev.add_argument("--tasks", default="LaMP-2M,LaMP-3,LaMP-5", help="comma-separated LaMP task names")
+    ev.add_argument("--methods", default="all", help="comma-separated method names, or 'all'")
+    ev.add_argument("--split", default="dev")
+    ev.add_argument("--limit", type=int, default=None, help="first N questions per task (quick runs)")
+    ev.add_argument("--concurrency", type=int, default=4, help="questions in flight at once")
+    ev.add_argument("--k", type=int, default=3, help="items for ICL / RAG / PAG")
+    ev.add_argument("--out", default="eval-results", help="output folder (an existing run there resumes)")
+    ev.add_argument("--url", default=None, help="server base URL (default: from settings)")
+    ev.add_argument("--api-key", default=None, help="default: $OPENAI_API_KEY")
+    ev.add_argument("--keep-users", action="store_true", help="keep the evaluation users in the database")
+    ev.set_defaults(func=cmd_eval)
 
     prep = sub.add_parser("prepare-model", help="convert/cache the configured model and print its path")
     prep.set_defaults(func=cmd_prepare_model)

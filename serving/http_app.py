@@ -121,6 +121,10 @@ def build_http_app(
         # Forward the client's JSON as sent: vLLM's request validators rewrite fields (response_format ->
         # structured_outputs), so a dump of the validated model would not validate the same way again.
         body = await raw_request.json()
+        if "persona_agent_options" in body and (request.user is None or personalized is None):
+            raise APIError(
+                400, "persona_agent_options applies to personalized chats (set `user`)", param="user"
+            )
         if request.user is not None and personalized is not None:
             return await personalized.handle(body)
         return await relay_chat(backend.chat(body))

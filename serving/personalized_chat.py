@@ -9,19 +9,37 @@ from typing import Any
 
 from fastapi import Response
 from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import ValidationError
 
-from agent.core import AgentPlan, PersonaAgent, cache_salt_for, last_user_text
+from agent.core import AgentOptions, AgentPlan, PersonaAgent, cache_salt_for, last_user_text
 from memory.records import USER_ID_RE, InteractionIn
 from serving.errors import APIError, from_engine_error
 
 # Request fields that belong to the agent loop, not to the final generation.
-_AGENT_ONLY_FIELDS = ("tools", "tool_choice", "parallel_tool_calls", "functions", "function_call")
+_AGENT_ONLY_FIELDS = (
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+    "functions",
+    "function_call",
+    "persona_agent_options",
+)
 
 
 def check_user_id(user_id: Any) -> str:
     if not isinstance(user_id, str) or not USER_ID_RE.match(user_id):
         raise APIError(400, "user: 1-128 characters of [A-Za-z0-9._@-]", param="user")
     return user_id
+
+
+def parse_agent_options(raw: Any) -> AgentOptions | None:
+    if raw is None:
+        return None
+    try:
+        return AgentOptions.model_validate(raw)
+    except ValidationError as exc:
+        detail = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in exc.errors())
+        raise APIError(400, f"persona_agent_options: {detail}", param="persona_agent_options") from exc
 
 
 def tool_call_response(plan: AgentPlan, model: str, stream: bool) -> Response:
@@ -122,9 +140,10 @@ class PersonalizedChat:
     async def handle(self, body: dict[str, Any]) -> Response:
         user_id = check_user_id(body.get("user"))
         tool_choice = body.get("tool_choice")
+        options = parse_agent_options(body.get("persona_agent_options"))
         client_tools = None if tool_choice == "none" else body.get("tools")
         plan = await self.agent.plan(
-            user_id, body["messages"], client_tools=client_tools, tool_choice=tool_choice
+            user_id, body["messages"], client_tools=client_tools, tool_choice=tool_choice, options=options
         )
         stream = bool(body.get("stream"))
         plan.persona_tokens = await self.persona_tokens(plan)

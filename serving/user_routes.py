@@ -51,7 +51,14 @@ def build_user_router(memory: Any, settings: Settings, alignment: Any | None = N
     limits = settings.memory
 
     @router.post("/{user_id}/interactions", response_model=ImportResult, summary="Bulk import history")
-    async def import_interactions(user_id: UserIdPath, items: list[InteractionIn]) -> ImportResult:
+    async def import_interactions(
+        user_id: UserIdPath,
+        items: list[InteractionIn],
+        schedule_alignment: Annotated[
+            bool,
+            Query(description="queue an alignment when the import makes the user due (config permitting)"),
+        ] = True,
+    ) -> ImportResult:
         if not items:
             raise APIError(400, "at least one interaction is required", param="body")
         if len(items) > limits.max_import_items:
@@ -68,6 +75,7 @@ def build_user_router(memory: Any, settings: Settings, alignment: Any | None = N
         ids = await memory.import_interactions.remote(user_id, items, "import")
         if (
             alignment is not None
+            and schedule_alignment
             and settings.alignment.schedule_on_import
             and any(i.output is not None for i in items)
             and await memory.take_alignment_due.remote(user_id)

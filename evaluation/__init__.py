@@ -1,0 +1,1 @@
+"""LaMP evaluation: data format, official metrics, methods run over HTTP, reports."""

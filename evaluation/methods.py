@@ -1,0 +1,226 @@
+"""Evaluation methods, each answered through the running serving stack over HTTP (the product is measured).
+
+Baselines build their prompt on the client and call the plain OpenAI endpoint; RAG and PAG read the user's
+memories and profile from the user API; PersonaAgent and its ablations are personalized chats (`user` set),
+the ablations switched per request with `persona_agent_options`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import re
+import time
+from typing import Any, Literal
+
+import httpx
+from openai import AsyncOpenAI
+from pydantic import BaseModel, Field
+
+from evaluation.lamp import LaMPExample, TaskSpec
+
+
+class Method(BaseModel):
+    name: str
+    description: str
+    context: Literal["none", "icl", "rag", "pag", "agent"]
+    align: bool = False
+    options: dict[str, bool] = Field(default_factory=dict, description="persona_agent_options")
+
+    @property
+    def uses_memory(self) -> bool:
+        return self.context in {"rag", "pag", "agent"}
+
+
+METHODS: dict[str, Method] = {
+    m.name: m
+    for m in [
+        Method(name="non_personalized", description="the question alone", context="none"),
+        Method(name="icl", description="k random profile items in the prompt", context="icl"),
+        Method(name="rag", description="top-k retrieved profile items in the prompt", context="rag"),
+        Method(name="pag", description="profile summary + top-k retrieved items", context="pag"),
+        Method(name="persona_agent_no_align", description="PersonaAgent, initial persona", context="agent"),
+        Method(name="persona_agent", description="PersonaAgent, aligned persona", context="agent", align=True),
+        # Ablations of the aligned agent. Without a persona there is nothing for alignment to change.
+        Method(name="no_persona", description="PersonaAgent without persona", context="agent",
+               options={"persona": False}),
+        Method(name="no_memory", description="PersonaAgent without memory", context="agent", align=True,
+               options={"memory": False}),
+        Method(name="no_action", description="PersonaAgent without action module", context="agent",
+               align=True, options={"tools": False}),
+    ]
+}  # fmt: skip
+
+
+class Prediction(BaseModel):
+    """One answered question: a line of the run's `predictions.jsonl` (what a resumed run skips)."""
+
+    method: str
+    id: str
+    user_id: str | None
+    prediction: str
+    gold: str | None
+    seconds: float
+    persona_version: int | None = None
+    alignment: dict[str, Any] | None = Field(None, description="the alignment job's result, when aligned")
+
+
+class EvalSettings(BaseModel):
+    k: int = Field(3, ge=1, description="profile items in ICL / retrieved items in RAG and PAG")
+    alignment_timeout_s: float = Field(900, gt=0)
+    poll_s: float = Field(1.0, gt=0)
+    keep_users: bool = False
+
+
+def eval_user_id(run_id: str, method: str, example_id: str) -> str:
+    """A user per (run, method, question): methods never see each other's memories or personas."""
+    raw = f"eval.{run_id}.{method}.{example_id}"
+    return re.sub(r"[^A-Za-z0-9._@-]", "-", raw)[:128]
+
+
+def render_history(pairs: list[tuple[str, str | None]]) -> str:
+    lines = [f"- {text.strip()}" + (f" -> {out.strip()}" if out else "") for text, out in pairs]
+    # Quoted as data: the history is the user's, not instructions to follow.
+    return 'This user\'s past requests and their answers:\n"""\n' + "\n".join(lines) + '\n"""'
+
+
+class HTTPEvaluator:
+    """Answers one (method, question) pair against a running PersonaAgent Serve."""
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        spec: TaskSpec,
+        run_id: str,
+        settings: EvalSettings,
+        api_key: str = "not-needed",
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.model = model
+        self.spec = spec
+        self.run_id = run_id
+        self.settings = settings
+        self.openai = AsyncOpenAI(base_url=f"{self.base_url}/v1", api_key=api_key, timeout=600, max_retries=0)
+        self.http = httpx.AsyncClient(
+            base_url=self.base_url, timeout=600, headers={"Authorization": f"Bearer {api_key}"}
+        )
+
+    async def close(self) -> None:
+        await self.openai.close()
+        await self.http.aclose()
+
+    async def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = await self.http.request(method, path, **kwargs)
+        if response.status_code >= 400:
+            raise RuntimeError(f"{method} {path}: {response.status_code} {response.text[:300]}")
+        return response.json()
+
+    # -- memory setup ------------------------------------------------------------------------------
+
+    async def _fresh_user(self, user_id: str, example: LaMPExample) -> None:
+        """Delete any half-finished earlier attempt, then import the profile (never the question)."""
+        response = await self.http.delete(f"/v1/users/{user_id}")
+        if response.status_code not in (200, 404):
+            raise RuntimeError(f"DELETE user: {response.status_code} {response.text[:300]}")
+        items = [
+            self.spec.interaction(item, n).model_dump(mode="json") for n, item in enumerate(example.profile)
+        ]
+        for start in range(0, len(items), 500):
+            await self._call(
+                "POST",
+                f"/v1/users/{user_id}/interactions",
+                params={"schedule_alignment": "false"},  # the method decides whether to align
+                json=items[start : start + 500],
+            )
+
+    async def _align(self, user_id: str) -> dict[str, Any]:
+        job = await self._call("POST", f"/v1/users/{user_id}/align")
+        deadline = time.monotonic() + self.settings.alignment_timeout_s
+        while job["state"] in ("queued", "running"):
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"alignment job {job['id']} not done in {self.settings.alignment_timeout_s} s"
+                )
+            await asyncio.sleep(self.settings.poll_s)
+            job = await self._call("GET", f"/v1/alignment/jobs/{job['id']}")
+        if job["state"] != "done":
+            raise RuntimeError(f"alignment job {job['id']} {job['state']}: {job.get('error')}")
+        result = job.get("result") or {}
+        keep = ("accepted", "score_before", "score_after", "metric", "skipped", "llm_calls", "prompt_tokens")
+        return {k: result.get(k) for k in keep}
+
+    # -- answering ---------------------------------------------------------------------------------
+
+    def _decoding(self) -> dict[str, Any]:
+        """Classification (and the LaMP-3 rating) decode with a structured choice over the label set."""
+        return {"structured_outputs": {"choice": self.spec.labels}} if self.spec.labels else {}
+
+    async def _complete(self, messages: list[dict[str, str]], user: str | None = None, **extra: Any) -> str:
+        response = await self.openai.chat.completions.create(
+            model=self.model,
+            messages=messages,  # type: ignore[arg-type]
+            max_tokens=self.spec.max_tokens,
+            temperature=0.0,
+            extra_body={**self._decoding(), **extra},
+            **({"user": user} if user else {}),
+        )
+        return (response.choices[0].message.content or "").strip()
+
+    async def _prompt_context(self, method: Method, example: LaMPExample, user_id: str) -> str:
+        k = self.settings.k
+        if method.context == "icl":
+            rng = random.Random(f"{self.run_id}:{example.id}")
+            chosen = rng.sample(range(len(example.profile)), min(k, len(example.profile)))
+            pairs = [self.spec.render_item(example.profile[i]) for i in sorted(chosen)]
+            return render_history(pairs)
+        hits = await self._call(
+            "GET", f"/v1/users/{user_id}/memories", params={"query": example.input[:2000], "k": k}
+        )
+        context = render_history(
+            [(h["interaction"]["input"], h["interaction"]["output"]) for h in hits["hits"]]
+        )
+        if method.context == "pag":
+            profile = await self._call("GET", f"/v1/users/{user_id}/profile")
+            context = f'Summary of this user:\n"""\n{profile["text"].strip()}\n"""\n\n{context}'
+        return context
+
+    async def answer(self, method: Method, example: LaMPExample) -> Prediction:
+        started = time.monotonic()
+        user_id = eval_user_id(self.run_id, method.name, example.id) if method.uses_memory else None
+        alignment = None
+        persona_version = None
+        try:
+            if user_id is not None:
+                await self._fresh_user(user_id, example)
+            if method.context in {"pag", "agent"}:
+                await self._call("POST", f"/v1/users/{user_id}/profile/refresh")
+            if method.context == "agent":
+                assert user_id is not None
+                persona = await self._call("GET", f"/v1/users/{user_id}/persona")  # built from the profile
+                persona_version = persona["version"]
+                if method.align:
+                    alignment = await self._align(user_id)
+                    persona_version = (await self._call("GET", f"/v1/users/{user_id}/persona"))["version"]
+                extra = {"persona_agent_options": method.options} if method.options else {}
+                text = await self._complete(
+                    [{"role": "user", "content": example.input}], user=user_id, **extra
+                )
+            elif method.context == "none":
+                text = await self._complete([{"role": "user", "content": example.input}])
+            else:
+                context = await self._prompt_context(method, example, user_id or "")
+                text = await self._complete([{"role": "user", "content": f"{context}\n\n{example.input}"}])
+        finally:
+            if user_id is not None and not self.settings.keep_users:
+                await self.http.delete(f"/v1/users/{user_id}")
+        return Prediction(
+            method=method.name,
+            id=example.id,
+            user_id=user_id,
+            prediction=text,
+            gold=example.gold,
+            seconds=time.monotonic() - started,
+            persona_version=persona_version,
+            alignment=alignment,
+        )

@@ -1,0 +1,82 @@
+"""Results as a Markdown table (paper numbers beside ours) and a bar chart."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from evaluation.metrics import HIGHER_IS_BETTER
+from evaluation.runner import TaskResult
+
+# PersonaAgent (Zhang et al., 2025), Claude-3.5 on the real LaMP test sets: for reference only.
+PAPER_PERSONAAGENT: dict[str, dict[str, float]] = {
+    "LaMP-1": {"accuracy": 0.919},
+    "LaMP-2M": {"accuracy": 0.513},
+    "LaMP-2N": {"accuracy": 0.796},
+    "LaMP-3": {"mae": 0.241},
+}
+
+
+def _metric_names(result: TaskResult) -> list[str]:
+    return list(result.methods[0].metrics) if result.methods else []
+
+
+def markdown(results: list[TaskResult]) -> str:
+    out: list[str] = []
+    for result in results:
+        names = _metric_names(result)
+        arrows = [f"{m} {'↑' if HIGHER_IS_BETTER.get(m, True) else '↓'}" for m in names]
+        data = "SYNTHETIC data (not comparable with LaMP)" if result.synthetic else "LaMP data"
+        out.append(f"### {result.task} — {data}, model `{result.model}`, {result.methods[0].n} users\n")
+        out.append("| method | " + " | ".join(arrows) + " | s/question | errors | aligned (accepted) |")
+        out.append("|---" * (len(names) + 4) + "|")
+        for m in result.methods:
+            values = " | ".join(f"{m.metrics[n]:.3f}" for n in names)
+            accepted = "—" if m.alignments_accepted is None else str(m.alignments_accepted)
+            out.append(f"| {m.method} | {values} | {m.seconds_per_question:.1f} | {m.errors} | {accepted} |")
+        paper = PAPER_PERSONAAGENT.get(result.task)
+        if paper:
+            values = " | ".join(f"{paper[n]:.3f}" if n in paper else "—" for n in names)
+            out.append(f"| *paper: PersonaAgent, Claude-3.5, real LaMP* | {values} | — | — | — |")
+        out.append("")
+    return "\n".join(out)
+
+
+def bar_chart(results: list[TaskResult], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [(r, m) for r in results for m in _metric_names(r)]
+    cols = min(3, len(panels))
+    rows = (len(panels) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.8 * rows), squeeze=False)
+    for ax, (result, metric) in zip(axes.flat, panels, strict=False):
+        methods = [m.method for m in result.methods]
+        values = [m.metrics[metric] for m in result.methods]
+        colors = ["tab:orange" if name.startswith("persona_agent") else "tab:blue" for name in methods]
+        ax.bar(range(len(methods)), values, color=colors)
+        ax.set_xticks(range(len(methods)), methods, rotation=60, ha="right", fontsize=8)
+        arrow = "higher is better" if HIGHER_IS_BETTER.get(metric, True) else "lower is better"
+        ax.set_title(
+            f"{result.task}{' (synthetic)' if result.synthetic else ''}: {metric} ({arrow})", fontsize=9
+        )
+        paper = PAPER_PERSONAAGENT.get(result.task, {}).get(metric)
+        if paper is not None and not result.synthetic:
+            ax.axhline(paper, color="gray", linestyle="--", label="paper (Claude-3.5)")
+            ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_reports(results: list[TaskResult], out: Path) -> dict[str, Path]:
+    table = out / "results.md"
+    table.write_text(markdown(results))
+    paths = {"markdown": table}
+    if results:
+        paths["plot"] = bar_chart(results, out / "results.png")
+    return paths

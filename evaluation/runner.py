@@ -1,0 +1,175 @@
+"""Run methods over a LaMP split against a running server: concurrent, resumable, with a progress bar."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+from pydantic import BaseModel, Field
+from tqdm import tqdm
+
+from evaluation.lamp import LaMPExample, find_split, load_split, task_spec
+from evaluation.methods import METHODS, EvalSettings, HTTPEvaluator, Prediction
+from evaluation.metrics import task_metrics
+
+logger = logging.getLogger(__name__)
+
+
+class RunRequest(BaseModel):
+    base_url: str
+    data: Path
+    tasks: list[str]
+    methods: list[str]
+    out: Path
+    split: str = "dev"
+    limit: int | None = Field(None, ge=1)
+    concurrency: int = Field(4, ge=1, le=256)
+    model: str | None = None
+    api_key: str = "not-needed"
+    settings: EvalSettings = Field(default_factory=EvalSettings)
+
+
+class MethodResult(BaseModel):
+    method: str
+    description: str
+    n: int
+    errors: int = Field(description="questions whose request failed (scored as an empty answer)")
+    metrics: dict[str, float]
+    seconds_per_question: float
+    alignments_accepted: int | None = None
+
+
+class TaskResult(BaseModel):
+    task: str
+    data: str
+    synthetic: bool
+    model: str
+    run_id: str
+    methods: list[MethodResult]
+    error_samples: list[str] = Field(default_factory=list)
+
+
+def is_synthetic(examples: list[LaMPExample]) -> bool:
+    return bool(examples) and all(e.id.startswith("syn-") for e in examples)
+
+
+class PredictionLog:
+    """`predictions.jsonl`: appended as answers arrive, so an interrupted run resumes where it stopped."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.done: dict[tuple[str, str], Prediction] = {}
+        if path.exists():
+            for line in path.read_text().splitlines():
+                try:
+                    p = Prediction.model_validate_json(line)
+                except ValueError:
+                    continue  # a line cut short by the interruption
+                self.done[(p.method, p.id)] = p
+
+    def append(self, prediction: Prediction) -> None:
+        with self.path.open("a") as f:
+            f.write(prediction.model_dump_json() + "\n")
+            f.flush()
+        self.done[(prediction.method, prediction.id)] = prediction
+
+
+def _run_id(folder: Path) -> str:
+    """Kept in the output folder: a resumed run keeps its id (and its users' names)."""
+    marker = folder / "run_id"
+    if marker.exists():
+        return marker.read_text().strip()
+    run_id = uuid.uuid4().hex[:8]
+    marker.write_text(run_id + "\n")
+    return run_id
+
+
+async def served_model(base_url: str, api_key: str) -> str:
+    async with httpx.AsyncClient(timeout=30, headers={"Authorization": f"Bearer {api_key}"}) as client:
+        response = await client.get(f"{base_url.rstrip('/')}/v1/models")
+        response.raise_for_status()
+        return str(response.json()["data"][0]["id"])
+
+
+async def run_task(request: RunRequest, task: str, model: str) -> TaskResult:
+    spec = task_spec(task)
+    questions, outputs = find_split(request.data, task, request.split)
+    examples = [e for e in load_split(questions, outputs) if e.gold is not None][: request.limit]
+    if not examples:
+        raise ValueError(f"{questions}: no questions with gold outputs")
+    folder = request.out / task
+    folder.mkdir(parents=True, exist_ok=True)
+    run_id = _run_id(folder)
+    log = PredictionLog(folder / "predictions.jsonl")
+    evaluator = HTTPEvaluator(request.base_url, model, spec, run_id, request.settings, request.api_key)
+    pending = [(m, e) for m in request.methods for e in examples if (m, e.id) not in log.done]
+    errors: dict[tuple[str, str], str] = {}
+    gate = asyncio.Semaphore(request.concurrency)
+
+    async def one(method: str, example: LaMPExample) -> None:
+        async with gate:
+            try:
+                log.append(await evaluator.answer(METHODS[method], example))
+            except Exception as exc:  # recorded and retried by the next (resumed) run
+                errors[(method, example.id)] = f"{type(exc).__name__}: {exc}"
+                logger.warning("%s %s %s failed: %s", task, method, example.id, exc)
+
+    total = len(request.methods) * len(examples)
+    with tqdm(total=total, initial=total - len(pending), desc=task, unit="q") as bar:
+        try:
+            for future in asyncio.as_completed([one(m, e) for m, e in pending]):
+                await future
+                bar.update(1)
+                bar.set_postfix(errors=len(errors))
+        finally:
+            await evaluator.close()
+
+    results = []
+    for name in request.methods:
+        preds = [log.done.get((name, e.id)) for e in examples]
+        answered = [p for p in preds if p is not None]
+        aligned = [p.alignment for p in answered if p.alignment is not None]
+        results.append(
+            MethodResult(
+                method=name,
+                description=METHODS[name].description,
+                n=len(examples),
+                errors=sum(p is None for p in preds),
+                metrics=task_metrics(
+                    spec, [p.prediction if p else "" for p in preds], [e.gold or "" for e in examples]
+                ),
+                seconds_per_question=sum(p.seconds for p in answered) / max(1, len(answered)),
+                alignments_accepted=sum(bool(a.get("accepted")) for a in aligned) if aligned else None,
+            )
+        )
+    result = TaskResult(
+        task=task,
+        data=str(questions),
+        synthetic=is_synthetic(examples),
+        model=model,
+        run_id=run_id,
+        methods=results,
+        error_samples=list(errors.values())[:5],
+    )
+    (folder / "results.json").write_text(result.model_dump_json(indent=2) + "\n")
+    return result
+
+
+async def run(request: RunRequest) -> list[TaskResult]:
+    unknown = [m for m in request.methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"unknown methods {unknown}; choose from {', '.join(METHODS)}")
+    for task in request.tasks:
+        task_spec(task)  # fail before any work on a misspelled task
+    request.out.mkdir(parents=True, exist_ok=True)
+    model = request.model or await served_model(request.base_url, request.api_key)
+    return [await run_task(request, task, model) for task in request.tasks]
+
+
+def results_payload(results: list[TaskResult]) -> dict[str, Any]:
+    return {"tasks": [json.loads(r.model_dump_json()) for r in results]}
