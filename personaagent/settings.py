@@ -23,6 +23,23 @@ DEFAULT_CONFIG = REPO_ROOT / "configs" / "cpu.yaml"
 EMBEDDED_MODEL = "embedded:smollm2-135m-instruct"
 
 
+class EngineAutoscaling(BaseModel):
+    """Ray Serve autoscaling of the engine deployment (replaces `num_replicas` when set)."""
+
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int = Field(4, ge=1)
+    target_ongoing_requests: float = Field(32, gt=0, description="per replica; vLLM batches continuously")
+    upscale_delay_s: float = Field(30, ge=0)
+    downscale_delay_s: float = Field(600, ge=0)
+
+
+RequestRouter = Literal["default", "prefix_affinity", "consistent_hash"]
+REQUEST_ROUTER_CLASSES: dict[str, str] = {
+    "prefix_affinity": "ray.serve.llm.request_router.PrefixCacheAffinityRouter",
+    "consistent_hash": "ray.serve.experimental.consistent_hash_router.ConsistentHashRouter",
+}
+
+
 class EngineSettings(BaseModel):
     """vLLM engine. `model` is a local path, a hub id the operator has cached, or the embedded default."""
 
@@ -40,6 +57,13 @@ class EngineSettings(BaseModel):
     cpu_kvcache_space_gib: int = Field(2, ge=1)
     seed: int = 0
     num_replicas: int = Field(1, ge=1)
+    autoscaling: EngineAutoscaling | None = None
+    request_router: RequestRouter = Field(
+        "default",
+        description="how requests pick an engine replica: Ray Serve's default (power of two choices), "
+        "Ray Serve LLM's PrefixCacheAffinityRouter, or the consistent-hash router keyed on the user",
+    )
+    request_router_kwargs: dict[str, Any] = Field(default_factory=dict)
     extra_engine_args: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -71,6 +95,11 @@ class MemorySettings(BaseModel):
     profile_max_input_chars: int = Field(4000, ge=200)
     profile_on_import: bool = True
     num_replicas: int = Field(1, ge=1)
+    placement_resource: str | None = Field(
+        None,
+        description="Ray custom resource of the node that mounts data_dir (e.g. the head pod with the "
+        "PersistentVolumeClaim); the memory and alignment deployments are placed there",
+    )
 
 
 class AgentSettings(BaseModel):
@@ -143,8 +172,11 @@ def load_settings(config: str | Path | None = None, **overrides: Any) -> Setting
     if config is None:
         return Settings(**overrides)
     path = Path(config)
+    if not path.is_absolute() and not path.is_file():
+        # Ray Serve replicas (and KubeRay's serveConfigV2 args) may run from another directory.
+        path = REPO_ROOT / path
     if not path.is_file():
-        raise FileNotFoundError(f"config file not found: {path}")
+        raise FileNotFoundError(f"config file not found: {config}")
 
     class FileSettings(Settings):
         model_config = SettingsConfigDict(yaml_file=path.resolve())

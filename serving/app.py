@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from ray.serve import Application
+from ray.serve.config import AutoscalingConfig, RequestRouterConfig
 
-from personaagent.settings import Settings, load_settings
+from personaagent.settings import REQUEST_ROUTER_CLASSES, Settings, load_settings
 from serving.deployments.alignment import AlignmentDeployment
 from serving.deployments.engine import EngineDeployment
 from serving.deployments.ingress import IngressDeployment
@@ -20,9 +21,31 @@ def engine_actor_options(settings: Settings) -> dict[str, Any]:
     return {"num_cpus": 1}
 
 
+def engine_scaling_options(settings: Settings) -> dict[str, Any]:
+    """Replica count or autoscaling, and the request router, of the engine deployment."""
+    engine = settings.engine
+    options: dict[str, Any] = {}
+    if engine.autoscaling is not None:
+        options["autoscaling_config"] = AutoscalingConfig(**engine.autoscaling.model_dump())
+    else:
+        options["num_replicas"] = engine.num_replicas
+    if engine.request_router != "default":
+        options["request_router_config"] = RequestRouterConfig(
+            request_router_class=REQUEST_ROUTER_CLASSES[engine.request_router],
+            request_router_kwargs=engine.request_router_kwargs,
+        )
+    return options
+
+
+def data_actor_options(settings: Settings, num_cpus: float) -> dict[str, Any]:
+    """Deployments that own data_dir files run on the node that mounts it (a tiny share of its resource)."""
+    resource = settings.memory.placement_resource
+    return {"num_cpus": num_cpus} | ({"resources": {resource: 0.01}} if resource else {})
+
+
 def build_app(settings: Settings) -> Application:
     engine = EngineDeployment.options(
-        num_replicas=settings.engine.num_replicas,
+        **engine_scaling_options(settings),
         ray_actor_options=engine_actor_options(settings),
         # vLLM batches continuously: let many requests reach it instead of queueing in Serve.
         max_ongoing_requests=settings.engine.max_num_seqs * 4,
@@ -32,12 +55,12 @@ def build_app(settings: Settings) -> Application:
     memory = MemoryDeployment.options(
         # One replica owns the SQLite file and its index; more replicas need a server database.
         num_replicas=settings.memory.num_replicas,
-        ray_actor_options={"num_cpus": 0.5},
+        ray_actor_options=data_actor_options(settings, 0.5),
         max_ongoing_requests=512,
     ).bind(engine, settings)
     alignment = AlignmentDeployment.options(
         num_replicas=1,  # owns the queue; the work itself runs in the actor pool
-        ray_actor_options={"num_cpus": 0.25},
+        ray_actor_options=data_actor_options(settings, 0.25),
         max_ongoing_requests=512,
     ).bind(engine, memory, settings)
     return IngressDeployment.options(

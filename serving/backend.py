@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
+from pydantic import BaseModel
+
 
 class ChatBackend(Protocol):
     def chat(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any] | str]: ...
@@ -16,6 +18,26 @@ class ChatBackend(Protocol):
     async def check_health(self) -> None: ...
 
 
+class EngineRequest(BaseModel):
+    """A chat body on its way to an engine replica.
+
+    Request routers read the request before a replica is chosen: Ray Serve LLM's PrefixCacheAffinityRouter
+    looks for a `.messages` attribute, so the body travels in this wrapper instead of as a bare dict.
+    """
+
+    body: dict[str, Any]
+
+    @property
+    def messages(self) -> Any:
+        return self.body.get("messages")
+
+
+def affinity_key(body: dict[str, Any]) -> str | None:
+    """The user a request belongs to (its cache salt, else `user`): the consistent-hash router's key."""
+    key = body.get("cache_salt") or body.get("user")
+    return str(key) if key else None
+
+
 class EngineHandleBackend:
     """`ChatBackend` over a Ray Serve handle to `EngineDeployment`."""
 
@@ -24,7 +46,10 @@ class EngineHandleBackend:
         self._streaming = engine_handle.options(stream=True)
 
     async def chat(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any] | str]:
-        async for item in self._streaming.chat.remote(body):
+        key = affinity_key(body)
+        # session_id is what Ray Serve's ConsistentHashRouter hashes; other routers ignore it.
+        handle = self._streaming.options(session_id=key) if key else self._streaming
+        async for item in handle.chat.remote(EngineRequest.model_construct(body=body)):
             yield item
 
     async def list_models(self) -> dict[str, Any]:

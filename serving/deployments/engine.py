@@ -9,6 +9,7 @@ from typing import Any
 from ray import serve
 
 from personaagent.settings import Settings
+from serving.backend import EngineRequest
 from serving.engine import EngineService
 
 _END = object()
@@ -51,13 +52,14 @@ class EngineDeployment:
         self.service = EngineService(settings)
         await self.service.start()
 
-    async def chat(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any] | str]:
+    async def chat(self, request: EngineRequest | dict[str, Any]) -> AsyncIterator[dict[str, Any] | str]:
         """Called through a streaming handle: yields one dict, or SSE strings.
 
         SSE chunks that pile up while the previous one is in flight are sent as one string: every item
         of a Ray streaming generator is a Ray message (and another hop from ingress to proxy), which on a
         small CPU costs throughput under load; the first chunk still goes out at once (TTFT).
         """
+        body = request.body if isinstance(request, EngineRequest) else request
         async for item in coalesce_sse(self.service.chat(body)):
             yield item
 

@@ -1,0 +1,166 @@
+"""Kubernetes manifests validated offline; the serveConfigV2 import path builds the app; Dockerfiles agree."""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import json
+import re
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from tests.conftest import REPO_ROOT
+
+K8S = REPO_ROOT / "k8s"
+K8S_VERSION = "1.33.0"
+RAYSERVICE_SCHEMA = json.loads((K8S / "schemas" / "rayservice-ray.io-v1.json").read_text())
+VARIANTS = {"gpu": "configs/gpu-mistral-small.yaml", "cpu": "configs/cpu.yaml"}
+
+
+def render(folder: Path) -> list[dict[str, Any]]:
+    """What `kubectl apply -k folder` applies: the listed resources, recursively (we use no patches)."""
+    kustomization = yaml.safe_load((folder / "kustomization.yaml").read_text())
+    assert set(kustomization) <= {"apiVersion", "kind", "resources"}, "patches would need a real kustomize"
+    docs: list[dict[str, Any]] = []
+    for entry in kustomization["resources"]:
+        path = folder / entry
+        if path.is_dir():
+            docs.extend(render(path))
+        else:
+            docs.extend(d for d in yaml.safe_load_all(path.read_text()) if d)
+    return docs
+
+
+def validate(doc: dict[str, Any]) -> None:
+    """Kubernetes kinds against the official schemas; RayService against KubeRay's, its pods against Kubernetes'."""
+    if doc["kind"] != "RayService":
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+        return
+    jsonschema.validate(doc, RAYSERVICE_SCHEMA)
+    cluster = doc["spec"]["rayClusterConfig"]
+    groups = [cluster["headGroupSpec"], *cluster.get("workerGroupSpecs", [])]
+    for n, group in enumerate(groups):
+        pod_template = {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": f"group-{n}"},
+                        "template": group["template"]}  # fmt: skip
+        kubernetes_validate.validate(pod_template, K8S_VERSION, strict=True)
+
+
+def rayservice(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    [service] = [d for d in docs if d["kind"] == "RayService"]
+    return service
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_every_manifest_validates(variant: str) -> None:
+    docs = render(K8S / variant)
+    assert {d["kind"] for d in docs} == {"RayService", "Service", "PersistentVolumeClaim"}
+    for doc in docs:
+        validate(doc)
+    validate(yaml.safe_load((K8S / "optional" / "ingress.yaml").read_text()))
+
+
+def test_the_validator_rejects_broken_manifests() -> None:
+    good = rayservice(render(K8S / "gpu"))
+    unquoted = copy.deepcopy(good)
+    unquoted["spec"]["rayClusterConfig"]["headGroupSpec"]["rayStartParams"]["num-gpus"] = (
+        0  # must be a string
+    )
+    typo = copy.deepcopy(good)
+    typo["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["maxReplica"] = 4
+    bad_pod = copy.deepcopy(good)
+    bad_pod["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"][0]["port"] = 8000
+    for broken in (unquoted, typo):
+        with pytest.raises(jsonschema.ValidationError):
+            validate(broken)
+    with pytest.raises(kubernetes_validate.ValidationError):
+        validate(bad_pod)
+    with pytest.raises(kubernetes_validate.ValidationError):
+        validate(
+            {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "x"}, "spec": {"ports": "8000"}}
+        )
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_manifests_are_consistent_with_each_other(variant: str) -> None:
+    docs = render(K8S / variant)
+    service = next(d for d in docs if d["kind"] == "Service")
+    pvc = next(d for d in docs if d["kind"] == "PersistentVolumeClaim")
+    cluster = rayservice(docs)["spec"]["rayClusterConfig"]
+    head = cluster["headGroupSpec"]["template"]
+    serve_config = yaml.safe_load(rayservice(docs)["spec"]["serveConfigV2"])
+    port = serve_config["http_options"]["port"]
+    assert service["spec"]["ports"][0]["targetPort"] == port
+    # The Service's own label is on the pods (KubeRay adds ray.io/serve).
+    own = {k: v for k, v in service["spec"]["selector"].items() if not k.startswith("ray.io/")}
+    assert own.items() <= head["metadata"]["labels"].items()
+    volumes = {v["name"]: v for v in head["spec"]["volumes"]}
+    assert volumes["data"]["persistentVolumeClaim"]["claimName"] == pvc["metadata"]["name"]
+    container = head["spec"]["containers"][0]
+    assert {"name": "PERSONAAGENT_DATA_DIR", "value": "/data"} in container["env"]
+    assert {m["mountPath"] for m in container["volumeMounts"]} >= {"/data"}
+    for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+        assert container[probe]["httpGet"] == {"path": "/health", "port": port}
+    assert container["image"] == f"personaagent-serve:{variant}"
+    for group in cluster.get("workerGroupSpecs", []):
+        worker = group["template"]["spec"]["containers"][0]
+        assert worker["resources"]["requests"] == worker["resources"]["limits"]
+        assert group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_serve_config_import_path_builds_the_application(variant: str) -> None:
+    from ray.serve import Application
+
+    docs = render(K8S / variant)
+    serve_config = yaml.safe_load(rayservice(docs)["spec"]["serveConfigV2"])
+    [app] = serve_config["applications"]
+    assert app["args"]["config"] == VARIANTS[variant]
+    module, attr = app["import_path"].split(":")
+    builder = getattr(importlib.import_module(module), attr)
+    built = builder(app["args"])
+    assert isinstance(built, Application)
+
+    from personaagent.settings import load_settings
+    from serving.app import data_actor_options, engine_scaling_options
+
+    settings = load_settings(app["args"]["config"])
+    cluster = rayservice(docs)["spec"]["rayClusterConfig"]
+    resource = settings.memory.placement_resource
+    if variant == "gpu":
+        # Serve autoscales the engine; the memory deployment lands on the pod that mounts the data volume.
+        assert "autoscaling_config" in engine_scaling_options(settings)
+        assert settings.engine.autoscaling is not None
+        assert settings.engine.autoscaling.max_replicas <= cluster["workerGroupSpecs"][0]["maxReplicas"]
+        head_resources = json.loads(json.loads(cluster["headGroupSpec"]["rayStartParams"]["resources"]))
+        assert resource in head_resources
+        assert data_actor_options(settings, 0.5)["resources"] == {resource: 0.01}
+    else:
+        assert resource is None and "resources" not in data_actor_options(settings, 0.5)
+
+
+def _dockerfile_runs(path: Path) -> str:
+    return " ".join(line for line in path.read_text().splitlines() if not line.lstrip().startswith("#"))
+
+
+@pytest.mark.parametrize("flavor", ["cpu", "gpu"])
+def test_dockerfiles_agree_with_pyproject(flavor: str) -> None:
+    pyproject = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
+    text = _dockerfile_runs(REPO_ROOT / "docker" / f"Dockerfile.{flavor}")
+    # The one install script, with the extra that pyproject defines for this flavor.
+    assert f"scripts/setup.sh {flavor}" in text and flavor in pyproject["project"]["optional-dependencies"]
+    python = re.search(r"python:?(3\.\d+)", text)
+    assert python is not None and f">={python.group(1)}" in pyproject["project"]["requires-python"]
+    # Every package the build installs is copied into the image.
+    packages = {p.rstrip("*") for p in pyproject["tool"]["setuptools"]["packages"]["find"]["include"]}
+    for package in packages:
+        assert f"COPY {package}/ {package}/" in text, package
+    config = re.search(r"PERSONAAGENT_CONFIG=/app/(\S+)", text)
+    assert config is not None and (REPO_ROOT / config.group(1)).is_file()
+    if flavor == "cpu":
+        assert "prepare-model" in text  # the embedded model is converted at build time, not at start
