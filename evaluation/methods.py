@@ -8,6 +8,7 @@ the ablations switched per request with `persona_agent_options`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import re
 import time
@@ -213,7 +214,8 @@ class HTTPEvaluator:
                 text = await self._complete([{"role": "user", "content": f"{context}\n\n{example.input}"}])
         finally:
             if user_id is not None and not self.settings.keep_users:
-                await self.http.delete(f"/v1/users/{user_id}")
+                with contextlib.suppress(httpx.HTTPError):  # never hide the answer's own error
+                    await self.http.delete(f"/v1/users/{user_id}")
         return Prediction(
             method=method.name,
             id=example.id,

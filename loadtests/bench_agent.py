@@ -68,7 +68,7 @@ async def stream_one(client: httpx.AsyncClient, url: str, body: dict[str, Any]) 
     started = time.perf_counter()
     ttft = None
     trace = None
-    tokens = 0
+    tokens = prompt_tokens = cached_tokens = 0
     async with client.stream("POST", url, json=body) as resp:
         resp.raise_for_status()
         async for line in resp.aiter_lines():
@@ -76,14 +76,17 @@ async def stream_one(client: httpx.AsyncClient, url: str, body: dict[str, Any]) 
                 continue
             data = json.loads(line[6:])
             trace = trace or data.get("persona_agent")
-            if data.get("usage"):
-                tokens = data["usage"]["completion_tokens"]
+            if usage := data.get("usage"):
+                tokens, prompt_tokens = usage["completion_tokens"], usage["prompt_tokens"]
+                cached_tokens = (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
             if ttft is None and any((c.get("delta") or {}).get("content") for c in data.get("choices") or []):
                 ttft = time.perf_counter() - started
     return {
         "ttft": ttft or (time.perf_counter() - started),
         "latency": time.perf_counter() - started,
         "tokens": tokens,
+        "prompt_tokens": prompt_tokens,
+        "cached_tokens": cached_tokens,
         "trace": trace,
     }
 

@@ -34,8 +34,10 @@ class EngineAutoscaling(BaseModel):
 
 
 RequestRouter = Literal["default", "prefix_affinity", "consistent_hash"]
+# The implementation module of `ray.serve.llm.request_router.PrefixCacheAffinityRouter`: the public path
+# imports all of Ray Serve LLM, which needs pyarrow (~40 MB) for nothing else here. Ray is pinned.
 REQUEST_ROUTER_CLASSES: dict[str, str] = {
-    "prefix_affinity": "ray.serve.llm.request_router.PrefixCacheAffinityRouter",
+    "prefix_affinity": "ray.llm._internal.serve.routing_policies.prefix_aware.prefix_aware_router.PrefixCacheAffinityRouter",
     "consistent_hash": "ray.serve.experimental.consistent_hash_router.ConsistentHashRouter",
 }
 

@@ -46,6 +46,8 @@ def build_engine_cli_args(settings: Settings, model_path: str) -> list[str]:
         "--scheduling-policy", "priority",
         "--enable-prefix-caching" if engine.enable_prefix_caching else "--no-enable-prefix-caching",
         "--generation-config", "vllm",
+        # usage.prompt_tokens_details.cached_tokens, as OpenAI reports it: clients see their cache hits.
+        "--enable-prompt-tokens-details",
     ]  # fmt: skip
     if engine.device == "gpu":
         args += ["--gpu-memory-utilization", str(engine.gpu_memory_utilization)]
