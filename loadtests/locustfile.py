@@ -25,6 +25,7 @@ TOPICS = ["hiking", "jazz", "espresso", "chess", "gardening", "sci-fi films", "m
 @events.init_command_line_parser.add_listener
 def _options(parser: Any) -> None:
     parser.add_argument("--model", default="", help="model name (default: the server's first model)")
+    parser.add_argument("--api-key", default="", env_var="PERSONAAGENT_API_KEY", help="an admin key")
     parser.add_argument("--chat-weight", type=int, default=8)
     parser.add_argument("--feedback-weight", type=int, default=1)
     parser.add_argument("--import-weight", type=int, default=1)
@@ -56,6 +57,8 @@ class PersonaUser(HttpUser):
 
     def on_start(self) -> None:
         options = self.environment.parsed_options
+        if options and options.api_key:
+            self.client.headers["Authorization"] = f"Bearer {options.api_key}"
         self.model = options.model if options and options.model else self._served_model()
         self.max_tokens = options.max_tokens if options else 32
         self.user_id = f"locust-{uuid.uuid4().hex[:12]}"

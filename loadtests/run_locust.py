@@ -28,6 +28,7 @@ def build_command(args: argparse.Namespace, prefix: Path) -> list[str]:
         "--import-weight", str(args.import_weight), "--max-tokens", str(args.max_tokens),
         "--max-fail-ratio", str(args.max_fail_ratio),
         *(["--model", args.model] if args.model else []),
+        *(["--api-key", args.api_key] if args.api_key else []),
     ]  # fmt: skip
 
 
@@ -49,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out", default="loadtests/results/locust")
     parser.add_argument("--model", default="")
+    parser.add_argument("--api-key", default="", help="an admin key (or $PERSONAAGENT_API_KEY)")
     parser.add_argument("--chat-weight", type=int, default=8)
     parser.add_argument("--feedback-weight", type=int, default=1)
     parser.add_argument("--import-weight", type=int, default=1)

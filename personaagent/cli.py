@@ -23,6 +23,32 @@ def _apply_overrides(settings: Settings, args: argparse.Namespace) -> Settings:
     return settings.model_copy(update={"server": server})
 
 
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def cmd_keys_new(args: argparse.Namespace) -> int:
+    """Make an API key: the key (give it to the client) and its config entry (only the hash is stored)."""
+    import json
+
+    from serving.auth import hash_key, new_key
+
+    key = new_key()
+    entry = {"name": args.name, "sha256": hash_key(key)} | ({"user_id": args.user} if args.user else {})
+    print(f"key (shown once): {key}")
+    print("config (configs/*.yaml, under auth.api_keys):")
+    print(f"  - {json.dumps(entry)}")
+    print(f"environment: PERSONAAGENT_AUTH__API_KEYS='[{json.dumps(entry)}]'")
+    return 0
+
+
 def cmd_prepare_model(args: argparse.Namespace) -> int:
     from serving.engine import resolve_model_path
 
@@ -37,6 +63,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     settings = _apply_overrides(load_settings(args.config), args)
+    if not settings.auth.api_keys and not _is_loopback(settings.server.host):
+        print(
+            f"error: no API keys configured (auth.api_keys): refusing to serve openly on {settings.server.host}. "
+            "Add keys (`personaagent keys new`) or bind 127.0.0.1.",
+            file=sys.stderr,
+        )
+        return 2
     ray_env: dict[str, str] = {}
     if settings.server.throughput_optimized:
         # Ray Serve's own throughput mode (direct ingress, no proxy hop, user code on the main loop). Read at
@@ -64,8 +97,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     serve.run(build_app(settings), name="personaagent", route_prefix="/", blocking=False)
     ready_s = time.monotonic() - started
     url = f"http://{settings.server.host}:{settings.server.port}"
+    access = (
+        f"{len(settings.auth.api_keys)} API key(s)"
+        if settings.auth.api_keys
+        else "OPEN: no API keys configured, loopback only"
+    )
     print(
-        f"PersonaAgent Serve ready at {url}/v1 (model {settings.engine.served_model_name}) in {ready_s:.1f} s",
+        f"PersonaAgent Serve ready at {url}/v1 (model {settings.engine.served_model_name}) in {ready_s:.1f} s; "
+        f"{access}",
         flush=True,
     )
 
@@ -102,7 +141,9 @@ def cmd_docs_load(args: argparse.Namespace) -> int:
     print(f"stored {chunks} chunks from {args.path}")
     url = f"http://{settings.server.host}:{settings.server.port}/v1/documents/reload"
     try:
-        reloaded = httpx.post(url, timeout=30).json()
+        key = args.api_key or os.environ.get("PERSONAAGENT_API_KEY")
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        reloaded = httpx.post(url, timeout=30, headers=headers).json()
         print(f"running server reloaded its document index: {reloaded}")
     except httpx.HTTPError:
         print("no running server answered; it will load the documents when it starts")
@@ -194,6 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     load = docs_sub.add_parser("load", help="load a folder of .txt/.md files or a .jsonl file (field 'text')")
     load.add_argument("path")
     load.add_argument("--replace", action="store_true", help="drop the existing collection first")
+    load.add_argument("--api-key", default=None, help="admin key for the reload (default: $PERSONAAGENT_API_KEY)")
     load.set_defaults(func=cmd_docs_load)
 
     personas = sub.add_parser("personas", help="persona analytics")
@@ -218,6 +260,13 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--api-key", default=None, help="default: $OPENAI_API_KEY")
     ev.add_argument("--keep-users", action="store_true", help="keep the evaluation users in the database")
     ev.set_defaults(func=cmd_eval)
+
+    keys = sub.add_parser("keys", help="API keys")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    new = keys_sub.add_parser("new", help="print a new key and the hashed entry for auth.api_keys")
+    new.add_argument("--name", required=True, help="who holds the key")
+    new.add_argument("--user", default=None, help="scope the key to this user_id (default: admin)")
+    new.set_defaults(func=cmd_keys_new)
 
     prep = sub.add_parser("prepare-model", help="convert/cache the configured model and print its path")
     prep.set_defaults(func=cmd_prepare_model)

@@ -74,6 +74,16 @@ class ServerSettings(BaseModel):
     port: int = Field(8000, ge=1, le=65535)
     max_body_bytes: int = Field(1_000_000, ge=1024)
     max_messages: int = Field(256, ge=1)
+    max_message_chars: int = Field(100_000, ge=1, description="per message content; longer is 400")
+    max_tokens: int | None = Field(
+        None, ge=1, description="cap on a request's max_tokens (None: the context)"
+    )
+    max_inflight_requests: int = Field(
+        64,
+        ge=1,
+        description="per ingress replica; beyond it 429 with Retry-After (health and metrics exempt)",
+    )
+    retry_after_s: int = Field(1, ge=1)
     ingress_replicas: int = Field(1, ge=1)
     health_timeout_s: float = Field(3.0, gt=0)
     throughput_optimized: bool = Field(False, description="Ray Serve's RAY_SERVE_THROUGHPUT_OPTIMIZED mode")
@@ -136,6 +146,19 @@ class AlignmentSettings(BaseModel):
     allow_fault_injection: bool = Field(False, description="tests only: POST /align?inject_failure_after=N")
 
 
+class APIKeySetting(BaseModel):
+    """One API key, stored as its SHA-256 (`personaagent keys new` prints a key and this entry)."""
+
+    name: str = Field(min_length=1, description="who holds it (shows in logs, never the key)")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    user_id: str | None = Field(None, description="set: the key acts only as this user; unset: admin")
+
+
+class AuthSettings(BaseModel):
+    api_keys: list[APIKeySetting] = Field(default_factory=list, description="none: open, loopback only")
+    metrics_open: bool = Field(True, description="false: /metrics needs a key too")
+
+
 class RaySettings(BaseModel):
     # Logical CPUs advertised to Ray: deployments reserve them for placement, vLLM's threads do the work.
     num_cpus: int = Field(8, ge=1)
@@ -152,6 +175,7 @@ class Settings(BaseSettings):
     memory: MemorySettings = Field(default_factory=MemorySettings)
     agent: AgentSettings = Field(default_factory=AgentSettings)
     alignment: AlignmentSettings = Field(default_factory=AlignmentSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
     ray: RaySettings = Field(default_factory=RaySettings)
 
     @classmethod

@@ -3,11 +3,12 @@
 # No `from __future__ import annotations`: FastAPI resolves the annotations of the closures below.
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from alignment.jobs import AlignmentJob
 from personaagent.settings import Settings
+from serving.auth import require_admin, require_user
 from serving.errors import APIError
 from serving.user_routes import UserIdPath
 
@@ -70,16 +71,18 @@ def build_alignment_router(memory: Any, alignment: Any, settings: Settings) -> A
     @router.get(
         "/v1/alignment/jobs/{job_id}", response_model=AlignmentJob, summary="Alignment job state and result"
     )
-    async def get_job(job_id: Annotated[str, Path(max_length=64)]) -> AlignmentJob:
+    async def get_job(job_id: Annotated[str, Path(max_length=64)], request: Request) -> AlignmentJob:
         job = await alignment.get_job.remote(job_id)
         if job is None:
             raise APIError(404, f"alignment job '{job_id}' not found", param="job_id")
+        require_user(request, job.user_id)
         return job
 
     @router.get(
         "/v1/personas/similarity", response_model=SimilarityMatrix, summary="Persona similarity matrix"
     )
-    async def similarity() -> SimilarityMatrix:
+    async def similarity(request: Request) -> SimilarityMatrix:
+        require_admin(request)
         users, matrix = await memory.persona_similarity.remote()
         return SimilarityMatrix(users=users, matrix=matrix)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from ray.serve import Application
@@ -12,6 +13,8 @@ from serving.deployments.alignment import AlignmentDeployment
 from serving.deployments.engine import EngineDeployment
 from serving.deployments.ingress import IngressDeployment
 from serving.deployments.memory import MemoryDeployment
+
+logger = logging.getLogger(__name__)
 
 
 def engine_actor_options(settings: Settings) -> dict[str, Any]:
@@ -66,10 +69,18 @@ def build_app(settings: Settings) -> Application:
     return IngressDeployment.options(
         num_replicas=settings.server.ingress_replicas,
         ray_actor_options={"num_cpus": 0.5},
-        max_ongoing_requests=1024,
+        # Admission is ours (server.max_inflight_requests answers 429 at once); Ray's queue stays bounded too.
+        max_ongoing_requests=max(1024, 2 * settings.server.max_inflight_requests),
+        max_queued_requests=1024,
     ).bind(engine, memory, alignment, settings)
 
 
 def app_builder(args: dict[str, Any]) -> Application:
     """Entry for `serve run serving.app:app_builder config=configs/gpu-mistral-small.yaml` and KubeRay."""
-    return build_app(load_settings(args.get("config")))
+    settings = load_settings(args.get("config"))
+    if not settings.auth.api_keys:
+        # Ray Serve binds where serveConfigV2 says (0.0.0.0 on Kubernetes): say loudly that it is open.
+        logger.warning(
+            "no API keys configured (auth.api_keys): every route is open to whoever reaches the port"
+        )
+    return build_app(settings)

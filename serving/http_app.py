@@ -8,14 +8,16 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-from fastapi import FastAPI, Request, Response
+from fastapi import Depends, FastAPI, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
 
 from personaagent.settings import Settings
 from serving.alignment_routes import build_alignment_router
+from serving.auth import Authenticator, require_admin, require_user
 from serving.backend import ChatBackend
+from serving.backpressure import InflightLimiter
 from serving.errors import APIError, error_response, from_engine_error, install_error_handlers
 from serving.personalized_chat import PersonalizedChat
 from serving.user_routes import build_user_router
@@ -44,6 +46,15 @@ class HTTPMetrics:
         return generate_latest(self.registry).decode()
 
 
+def content_chars(content: Any) -> int:
+    """Characters of a message's content: a string, or OpenAI content parts (their text)."""
+    if isinstance(content, str):
+        return len(content)
+    if isinstance(content, list):
+        return sum(len(str(part.get("text", ""))) for part in content if isinstance(part, dict))
+    return 0
+
+
 def _route_label(request: Request) -> str:
     route = request.scope.get("route")
     return getattr(route, "path", "unmatched")
@@ -56,34 +67,49 @@ def build_http_app(
     personalized: PersonalizedChat | None = None,
     alignment: Any | None = None,
 ) -> FastAPI:
+    def scope_user_routes(request: Request) -> None:
+        """Routes under /v1/users/{user_id}: a user-scoped key reaches only its own user."""
+        if "user_id" in request.path_params:
+            require_user(request, request.path_params["user_id"])
+
     app = FastAPI(
         title="PersonaAgent Serve",
         version="0.1.0",
         description="OpenAI-compatible endpoint serving a personalized agent per user.",
+        dependencies=[Depends(scope_user_routes)],
     )
+    authenticator = Authenticator(settings.auth)
+    limiter = InflightLimiter(settings.server.max_inflight_requests, settings.server.retry_after_s)
     metrics = HTTPMetrics()
     app.state.metrics = metrics
     install_error_handlers(app)
     max_body = settings.server.max_body_bytes
+
+    async def admit(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        """Authentication first (before the body is read), then the body size limit, then backpressure."""
+        try:
+            request.state.principal = authenticator.authenticate(request)
+        except APIError as exc:
+            return error_response(exc.status, exc.message)
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > max_body:
+            return error_response(
+                413, f"request body of {declared} bytes exceeds the limit of {max_body} bytes"
+            )
+        if (
+            declared is None
+            and request.method in {"POST", "PUT", "PATCH"}
+            and len(await request.body()) > max_body
+        ):
+            return error_response(413, f"request body exceeds the limit of {max_body} bytes")
+        return await limiter(request, call_next)
 
     @app.middleware("http")
     async def limits_and_metrics(
         request: Request, call_next: Callable[[Request], Awaitable[Response]]
     ) -> Response:
         started = time.perf_counter()
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > max_body:
-            response: Response = error_response(
-                413, f"request body of {declared} bytes exceeds the limit of {max_body} bytes"
-            )
-        elif (
-            declared is None
-            and request.method in {"POST", "PUT", "PATCH"}
-            and len(await request.body()) > max_body
-        ):
-            response = error_response(413, f"request body exceeds the limit of {max_body} bytes")
-        else:
-            response = await call_next(request)
+        response = await admit(request, call_next)
         route = _route_label(request)
         metrics.requests.labels(request.method, route, str(response.status_code)).inc()
         metrics.latency.labels(request.method, route).observe(time.perf_counter() - started)
@@ -118,9 +144,23 @@ def build_http_app(
                 f"messages: at most {settings.server.max_messages} messages per request",
                 param="messages",
             )
+        for n, message in enumerate(request.messages):
+            if content_chars(message.get("content")) > settings.server.max_message_chars:
+                raise APIError(
+                    400,
+                    f"messages[{n}].content: at most {settings.server.max_message_chars} characters",
+                    param=f"messages.{n}.content",
+                )
+        cap = settings.server.max_tokens
+        for field in ("max_tokens", "max_completion_tokens"):
+            value = getattr(request, field, None)
+            if cap is not None and value is not None and value > cap:
+                raise APIError(400, f"{field}: at most {cap}", param=field)
         # Forward the client's JSON as sent: vLLM's request validators rewrite fields (response_format ->
         # structured_outputs), so a dump of the validated model would not validate the same way again.
         body = await raw_request.json()
+        if request.user is not None:
+            require_user(raw_request, request.user)
         if "persona_agent_options" in body and (request.user is None or personalized is None):
             raise APIError(
                 400, "persona_agent_options applies to personalized chats (set `user`)", param="user"
@@ -135,7 +175,8 @@ def build_http_app(
             app.include_router(build_alignment_router(memory, alignment, settings))
 
         @app.post("/v1/documents/reload", summary="Reload the operator document collection from the database")
-        async def reload_documents() -> JSONResponse:
+        async def reload_documents(request: Request) -> JSONResponse:
+            require_admin(request)
             return JSONResponse({"chunks": await memory.reload_documents.remote()})
 
     return app

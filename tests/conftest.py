@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -15,6 +16,8 @@ import httpx
 import pytest
 from openai import OpenAI
 
+from serving.auth import hash_key, new_key
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 STACK_START_TIMEOUT_S = float(os.environ.get("PERSONAAGENT_TEST_START_TIMEOUT", "900"))
 
@@ -25,17 +28,32 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+# The test stack runs with API keys, as a deployment would: an admin key for the tests, and a key scoped
+# to the user "alice" for the tenant-scoping tests.
+ADMIN_KEY = new_key()
+ALICE_KEY = new_key()
+API_KEYS = [
+    {"name": "tests-admin", "sha256": hash_key(ADMIN_KEY)},
+    {"name": "alice", "sha256": hash_key(ALICE_KEY), "user_id": "alice"},
+]
+
+
+MAX_INFLIGHT = 16
+
+
 class Stack:
     def __init__(self, base_url: str, data_dir: Path, log_path: Path) -> None:
         self.base_url = base_url
         self.data_dir = data_dir
         self.log_path = log_path
+        self.api_key = ADMIN_KEY
 
-    def openai(self, **kwargs: object) -> OpenAI:
-        return OpenAI(base_url=f"{self.base_url}/v1", api_key="unused", max_retries=0, timeout=120, **kwargs)
+    def openai(self, api_key: str = ADMIN_KEY, **kwargs: object) -> OpenAI:
+        return OpenAI(base_url=f"{self.base_url}/v1", api_key=api_key, max_retries=0, timeout=120, **kwargs)
 
-    def http(self) -> httpx.Client:
-        return httpx.Client(base_url=self.base_url, timeout=120)
+    def http(self, api_key: str | None = ADMIN_KEY) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        return httpx.Client(base_url=self.base_url, timeout=120, headers=headers)
 
 
 @pytest.fixture(scope="session")
@@ -49,6 +67,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         PERSONAAGENT_SERVER__PORT=str(port),
         PERSONAAGENT_DATA_DIR=str(data_dir),
         PERSONAAGENT_ALIGNMENT__ALLOW_FAULT_INJECTION="true",
+        PERSONAAGENT_AUTH__API_KEYS=json.dumps(API_KEYS),
+        # Low enough that the overload test reaches it with a few dozen Locust users.
+        PERSONAAGENT_SERVER__MAX_INFLIGHT_REQUESTS=str(MAX_INFLIGHT),
         # Imports with outputs would queue background alignments in every test; the feedback path and
         # forced alignments are tested explicitly instead.
         PERSONAAGENT_ALIGNMENT__SCHEDULE_ON_IMPORT="false",

@@ -26,6 +26,7 @@ async def test_two_methods_on_synthetic_users_are_well_formed_and_resume(
         out=tmp_path,
         limit=2,
         concurrency=4,
+        api_key=stack.api_key,
         settings=EvalSettings(k=3),
     )
     [result] = await run(request)

@@ -103,6 +103,10 @@ def test_manifests_are_consistent_with_each_other(variant: str) -> None:
     assert volumes["data"]["persistentVolumeClaim"]["claimName"] == pvc["metadata"]["name"]
     container = head["spec"]["containers"][0]
     assert {"name": "PERSONAAGENT_DATA_DIR", "value": "/data"} in container["env"]
+    # API keys come from a Secret on every pod that may run the ingress; never inline.
+    for group in [cluster["headGroupSpec"], *cluster.get("workerGroupSpecs", [])]:
+        env = {e["name"]: e for e in group["template"]["spec"]["containers"][0]["env"]}
+        assert "secretKeyRef" in env["PERSONAAGENT_AUTH__API_KEYS"]["valueFrom"]
     assert {m["mountPath"] for m in container["volumeMounts"]} >= {"/data"}
     for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
         assert container[probe]["httpGet"] == {"path": "/health", "port": port}

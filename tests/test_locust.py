@@ -3,17 +3,28 @@
 from __future__ import annotations
 
 import csv
+import re
 import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import REPO_ROOT, Stack
+from tests.conftest import MAX_INFLIGHT, REPO_ROOT, Stack
 
 RUNNER = REPO_ROOT / "loadtests" / "run_locust.py"
 
 
 def run_locust(stack: Stack, out: Path, *extra: str) -> tuple[int, dict[str, dict[str, str]]]:
-    command = [sys.executable, str(RUNNER), "--host", stack.base_url, "--out", str(out), *extra]
+    command = [
+        sys.executable,
+        str(RUNNER),
+        "--host",
+        stack.base_url,
+        "--out",
+        str(out),
+        "--api-key",
+        stack.api_key,
+        *extra,
+    ]
     code = subprocess.run(command, timeout=120, capture_output=True, text=True).returncode
     rows = {}
     stats = out / "locust_stats.csv"
@@ -46,3 +57,25 @@ def test_failures_above_the_threshold_exit_non_zero(stack: Stack, tmp_path: Path
     )  # fmt: skip
     assert code == 1
     assert int(rows["POST /v1/chat/completions"]["Failure Count"]) >= 1
+
+
+def test_overload_gets_429_never_5xx_and_the_server_keeps_answering(stack: Stack, tmp_path: Path) -> None:
+    # About four times what the stack admits at once (server.max_inflight_requests in the test stack).
+    users = str(4 * MAX_INFLIGHT)
+    code, _ = run_locust(
+        stack, tmp_path, "--users", users, "--spawn-rate", users, "--run-time", "20s", "--stop-timeout", "30",
+        "--model", "smollm2-135m-instruct", "--max-fail-ratio", "1.0", "--feedback-weight", "0",
+        "--import-weight", "0", "--max-tokens", "8",
+    )  # fmt: skip
+    assert code == 0
+    with (tmp_path / "locust_failures.csv").open() as f:
+        failures = list(csv.DictReader(f))
+    errors = " | ".join(row["Error"] for row in failures)
+    assert "429" in errors, errors
+    assert not re.search(r"\b5\d\d\b", errors), errors
+    # Still answering afterwards.
+    assert stack.http().get("/health").status_code == 200
+    reply = stack.openai().chat.completions.create(
+        model="smollm2-135m-instruct", messages=[{"role": "user", "content": "hi"}], max_tokens=2
+    )
+    assert reply.choices[0].message.content is not None

@@ -1,0 +1,117 @@
+"""API keys and tenant scoping on the real stack (it runs with an admin key and a key scoped to 'alice')."""
+
+from __future__ import annotations
+
+import openai
+import pytest
+from fastapi import Request
+
+from personaagent.settings import APIKeySetting, AuthSettings
+from serving.auth import Authenticator, hash_key
+from tests.conftest import ALICE_KEY, Stack
+
+MODEL = "smollm2-135m-instruct"
+
+
+def chat_body(user: str | None = None) -> dict[str, object]:
+    body: dict[str, object] = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": 2,
+    }
+    return body | ({"user": user} if user else {})
+
+
+def assert_error(response: object, status: int, type_: str) -> None:
+    assert response.status_code == status, response.text  # type: ignore[attr-defined]
+    error = response.json()["error"]  # type: ignore[attr-defined]
+    assert error["code"] == status and error["type"] == type_ and error["message"]
+
+
+def test_missing_or_invalid_key_is_401_and_health_stays_open(stack: Stack) -> None:
+    anonymous = stack.http(api_key=None)
+    assert_error(anonymous.post("/v1/chat/completions", json=chat_body()), 401, "authentication_error")
+    assert_error(anonymous.get("/v1/users/alice/export"), 401, "authentication_error")
+    assert_error(anonymous.get("/v1/models"), 401, "authentication_error")
+    assert_error(stack.http(api_key="pa-wrong").get("/v1/models"), 401, "authentication_error")
+    with pytest.raises(openai.AuthenticationError):
+        stack.openai(api_key="pa-wrong").models.list()
+    assert anonymous.get("/health").status_code == 200
+    assert anonymous.get("/metrics").status_code == 200  # auth.metrics_open (default)
+    assert anonymous.get("/openapi.json").status_code == 200
+
+
+def test_user_scoped_key_acts_only_as_its_user(stack: Stack) -> None:
+    admin = stack.http()
+    for user in ("alice", "bob"):
+        imported = admin.post(
+            f"/v1/users/{user}/interactions", json=[{"input": f"{user} likes tea", "output": "tea"}]
+        )
+        assert imported.status_code == 200
+    alice = stack.http(api_key=ALICE_KEY)
+    assert alice.get("/v1/users/alice/export").status_code == 200
+    assert alice.post("/v1/chat/completions", json=chat_body("alice")).status_code == 200
+    assert alice.post("/v1/chat/completions", json=chat_body()).status_code == 200  # plain chat: no user data
+    # Another user's chat, data, persona, feedback or alignment: 403, and nothing of bob's comes back.
+    for response in (
+        alice.post("/v1/chat/completions", json=chat_body("bob")),
+        alice.get("/v1/users/bob/export"),
+        alice.get("/v1/users/bob/memories", params={"query": "tea"}),
+        alice.get("/v1/users/bob/persona"),
+        alice.put("/v1/users/bob/persona", json={"text": "You obey alice."}),
+        alice.post("/v1/users/bob/feedback", json={"input": "bob likes tea", "expected_output": "coffee"}),
+        alice.post("/v1/users/bob/align"),
+        alice.delete("/v1/users/bob"),
+    ):
+        assert_error(response, 403, "permission_error")
+        assert "bob likes tea" not in response.text
+    # Admin-only routes.
+    assert_error(alice.get("/v1/personas/similarity"), 403, "permission_error")
+    assert_error(alice.post("/v1/documents/reload"), 403, "permission_error")
+    # Bob is untouched, and the openai client sees the same 403.
+    assert admin.get("/v1/users/bob/export").status_code == 200
+    with pytest.raises(openai.PermissionDeniedError):
+        stack.openai(api_key=ALICE_KEY).chat.completions.create(**chat_body("bob"))  # type: ignore[call-overload]
+
+
+def test_alignment_jobs_are_visible_only_to_their_user(stack: Stack) -> None:
+    admin = stack.http()
+    admin.post("/v1/users/bob/interactions", json=[{"input": "bob likes jazz", "output": "jazz"}])
+    job = admin.post("/v1/users/bob/align").json()
+    assert_error(
+        stack.http(api_key=ALICE_KEY).get(f"/v1/alignment/jobs/{job['id']}"), 403, "permission_error"
+    )
+    assert admin.get(f"/v1/alignment/jobs/{job['id']}").status_code == 200
+
+
+def _request(path: str, authorization: str | None) -> Request:
+    headers = [(b"authorization", authorization.encode())] if authorization else []
+    return Request({"type": "http", "method": "GET", "path": path, "headers": headers, "query_string": b""})
+
+
+def test_authenticator_open_without_keys_and_keys_stored_hashed() -> None:
+    assert Authenticator(AuthSettings()).authenticate(_request("/v1/models", None)) is None
+    auth = Authenticator(AuthSettings(api_keys=[APIKeySetting(name="ops", sha256=hash_key("secret"))]))
+    principal = auth.authenticate(_request("/v1/models", "Bearer secret"))
+    assert principal is not None and principal.is_admin and principal.name == "ops"
+    assert auth.authenticate(_request("/health", None)) is None
+    closed = Authenticator(
+        AuthSettings(api_keys=[APIKeySetting(name="ops", sha256=hash_key("s"))], metrics_open=False)
+    )
+    with pytest.raises(Exception, match="missing API key"):
+        closed.authenticate(_request("/metrics", None))
+    with pytest.raises(ValueError):
+        APIKeySetting(name="ops", sha256="secret")  # a plain key is not a hash
+
+
+def test_serve_refuses_to_run_open_beyond_loopback() -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PERSONAAGENT_AUTH")}
+    result = subprocess.run(
+        [sys.executable, "-m", "personaagent.cli", "serve", "--host", "0.0.0.0"],
+        capture_output=True, text=True, timeout=60, env=env,
+    )  # fmt: skip
+    assert result.returncode == 2 and "no API keys configured" in result.stderr
