@@ -102,7 +102,8 @@ class HTTPEvaluator:
         self.spec = spec
         self.run_id = run_id
         self.settings = settings
-        self.openai = AsyncOpenAI(base_url=f"{self.base_url}/v1", api_key=api_key, timeout=600, max_retries=0)
+        # The openai client retries 429s by itself, honoring Retry-After; `_call` does the same.
+        self.openai = AsyncOpenAI(base_url=f"{self.base_url}/v1", api_key=api_key, timeout=600, max_retries=5)
         self.http = httpx.AsyncClient(
             base_url=self.base_url, timeout=600, headers={"Authorization": f"Bearer {api_key}"}
         )
@@ -113,6 +114,11 @@ class HTTPEvaluator:
 
     async def _call(self, method: str, path: str, **kwargs: Any) -> Any:
         response = await self.http.request(method, path, **kwargs)
+        for _ in range(5):
+            if response.status_code != 429:
+                break
+            await asyncio.sleep(float(response.headers.get("retry-after", "1")))
+            response = await self.http.request(method, path, **kwargs)
         if response.status_code >= 400:
             raise RuntimeError(f"{method} {path}: {response.status_code} {response.text[:300]}")
         return response.json()

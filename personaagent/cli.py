@@ -235,7 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
     load = docs_sub.add_parser("load", help="load a folder of .txt/.md files or a .jsonl file (field 'text')")
     load.add_argument("path")
     load.add_argument("--replace", action="store_true", help="drop the existing collection first")
-    load.add_argument("--api-key", default=None, help="admin key for the reload (default: $PERSONAAGENT_API_KEY)")
+    load.add_argument(
+        "--api-key", default=None, help="admin key for the reload (default: $PERSONAAGENT_API_KEY)"
+    )
     load.set_defaults(func=cmd_docs_load)
 
     personas = sub.add_parser("personas", help="persona analytics")

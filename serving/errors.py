@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 _TYPE_BY_STATUS = {
@@ -20,6 +21,30 @@ _TYPE_BY_STATUS = {
     429: "rate_limit_error",
     503: "service_unavailable",
 }
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: int
+
+
+class ErrorBody(BaseModel):
+    """The OpenAI error shape every 4xx/5xx of this server has."""
+
+    error: ErrorDetail
+
+
+# Declared on every route in the OpenAPI document, so clients and fuzzers know the error statuses.
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorBody, "description": description}
+    for status, description in {
+        400: "invalid request", 401: "missing or invalid API key", 403: "the key may not act on this user",
+        404: "unknown user, route or model", 413: "body or batch too large", 429: "server busy (Retry-After)",
+        503: "engine unavailable",
+    }.items()
+}  # fmt: skip
 
 
 class APIError(Exception):

@@ -18,7 +18,13 @@ from serving.alignment_routes import build_alignment_router
 from serving.auth import Authenticator, require_admin, require_user
 from serving.backend import ChatBackend
 from serving.backpressure import InflightLimiter
-from serving.errors import APIError, error_response, from_engine_error, install_error_handlers
+from serving.errors import (
+    ERROR_RESPONSES,
+    APIError,
+    error_response,
+    from_engine_error,
+    install_error_handlers,
+)
 from serving.personalized_chat import PersonalizedChat
 from serving.user_routes import build_user_router
 
@@ -77,6 +83,7 @@ def build_http_app(
         version="0.1.0",
         description="OpenAI-compatible endpoint serving a personalized agent per user.",
         dependencies=[Depends(scope_user_routes)],
+        responses=ERROR_RESPONSES,
     )
     authenticator = Authenticator(settings.auth)
     limiter = InflightLimiter(settings.server.max_inflight_requests, settings.server.retry_after_s)
@@ -134,7 +141,12 @@ def build_http_app(
     async def list_models() -> JSONResponse:
         return JSONResponse(await backend.list_models())
 
-    @app.post("/v1/chat/completions", summary="OpenAI chat completions (vLLM semantics)")
+    @app.post(
+        "/v1/chat/completions",
+        summary="OpenAI chat completions (vLLM semantics)",
+        responses={200: {"content": {"application/json": {}, "text/event-stream": {}},
+                         "description": "a chat completion, or its chunks as server-sent events"}},
+    )  # fmt: skip
     async def chat_completions(request: ChatCompletionRequest, raw_request: Request) -> Response:
         if not request.messages:
             raise APIError(400, "messages: must contain at least one message", param="messages")

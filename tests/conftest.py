@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -13,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 from openai import OpenAI
 
@@ -42,11 +44,15 @@ MAX_INFLIGHT = 16
 
 
 class Stack:
-    def __init__(self, base_url: str, data_dir: Path, log_path: Path) -> None:
-        self.base_url = base_url
+    """The session's server process; `crash()` and `start()` let one test kill and restart it."""
+
+    def __init__(self, port: int, data_dir: Path, log_path: Path, env: dict[str, str]) -> None:
+        self.base_url = f"http://127.0.0.1:{port}"
         self.data_dir = data_dir
         self.log_path = log_path
         self.api_key = ADMIN_KEY
+        self._env = env
+        self.proc: subprocess.Popen[bytes] | None = None
 
     def openai(self, api_key: str = ADMIN_KEY, **kwargs: object) -> OpenAI:
         return OpenAI(base_url=f"{self.base_url}/v1", api_key=api_key, max_retries=0, timeout=120, **kwargs)
@@ -55,10 +61,52 @@ class Stack:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         return httpx.Client(base_url=self.base_url, timeout=120, headers=headers)
 
+    def start(self) -> None:
+        """`personaagent serve` in a subprocess, exactly as README line 1 starts it; waits until healthy."""
+        with self.log_path.open("a") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "personaagent.cli", "serve"],
+                cwd=REPO_ROOT, env=self._env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
+        deadline = time.monotonic() + STACK_START_TIMEOUT_S
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"stack exited with {self.proc.returncode}; log:\n{self.log_tail()}")
+            try:
+                if httpx.get(f"{self.base_url}/health", timeout=5).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"stack not ready in {STACK_START_TIMEOUT_S} s; log:\n{self.log_tail()}")
+            time.sleep(2)
+
+    def log_tail(self) -> str:
+        return self.log_path.read_text()[-5000:]
+
+    def crash(self) -> None:
+        """SIGKILL the server and every process it started (Ray's GCS, raylet, replicas, vLLM engines)."""
+        assert self.proc is not None
+        root = psutil.Process(self.proc.pid)
+        procs = [root, *root.children(recursive=True)]
+        for p in procs:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.kill()
+        psutil.wait_procs(procs, timeout=60)
+        self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.crash()
+
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """`personaagent serve` in a subprocess, exactly as README line 1 starts it, on a free port."""
     port = _free_port()
     data_dir = tmp_path_factory.mktemp("data")
     log_path = tmp_path_factory.mktemp("logs") / "stack.log"
@@ -70,40 +118,21 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         PERSONAAGENT_AUTH__API_KEYS=json.dumps(API_KEYS),
         # Low enough that the overload test reaches it with a few dozen Locust users.
         PERSONAAGENT_SERVER__MAX_INFLIGHT_REQUESTS=str(MAX_INFLIGHT),
+        # A cap just under the context: over it is our 400; under it but past the context, vLLM's.
+        PERSONAAGENT_SERVER__MAX_TOKENS="4090",
         # Imports with outputs would queue background alignments in every test; the feedback path and
         # forced alignments are tested explicitly instead.
         PERSONAAGENT_ALIGNMENT__SCHEDULE_ON_IMPORT="false",
         PYTHONUNBUFFERED="1",
     )
-    log = log_path.open("w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "personaagent.cli", "serve"],
-        cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
-    base_url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + STACK_START_TIMEOUT_S
+    stack = Stack(port, data_dir, log_path, env)
     try:
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(
-                    f"stack exited with {proc.returncode}; log:\n{log_path.read_text()[-5000:]}"
-                )
-            try:
-                if httpx.get(f"{base_url}/health", timeout=5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(
-                    f"stack not ready in {STACK_START_TIMEOUT_S} s; log:\n{log_path.read_text()[-5000:]}"
-                )
-            time.sleep(2)
-        yield Stack(base_url, data_dir, log_path)
+        stack.start()
+        yield stack
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        log.close()
+        stack.stop()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked `last` (the crash test restarts the shared stack) run after all others."""
+    items.sort(key=lambda item: item.get_closest_marker("last") is not None)
