@@ -9,6 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from vllm.exceptions import VLLMClientError, VLLMNotFoundError
 
 _TYPE_BY_STATUS = {
     400: "invalid_request_error",
@@ -106,6 +107,12 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
         message, param = _validation_message(exc)
         return error_response(400, message, param=param)
+
+    @app.exception_handler(VLLMClientError)
+    async def _vllm_client_error(_: Request, exc: VLLMClientError) -> JSONResponse:
+        # vLLM's request model raises these from its validators (e.g. top_logprobs without logprobs).
+        status = 404 if isinstance(exc, VLLMNotFoundError) else 400
+        return error_response(status, str(exc), param=getattr(exc, "parameter", None))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:

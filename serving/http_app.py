@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request, Response
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
 
@@ -131,7 +131,11 @@ def build_http_app(
             return error_response(503, f"engine unhealthy: {type(exc).__name__}")
         return JSONResponse({"status": "ok"})
 
-    @app.get("/metrics", summary="Prometheus metrics: HTTP layer and vLLM engine")
+    @app.get(
+        "/metrics",
+        summary="Prometheus metrics: HTTP layer and vLLM engine",
+        response_class=PlainTextResponse,
+    )
     async def prometheus_metrics() -> Response:
         engine_text = await backend.metrics_text()
         alignment_text = await alignment.metrics_text.remote() if alignment is not None else ""
@@ -157,7 +161,11 @@ def build_http_app(
                 param="messages",
             )
         for n, message in enumerate(request.messages):
-            if content_chars(message.get("content")) > settings.server.max_message_chars:
+            # vLLM's request model also accepts non-dict message types (e.g. Harmony messages).
+            content = (
+                message.get("content") if isinstance(message, dict) else getattr(message, "content", None)
+            )
+            if content_chars(content) > settings.server.max_message_chars:
                 raise APIError(
                     400,
                     f"messages[{n}].content: at most {settings.server.max_message_chars} characters",
