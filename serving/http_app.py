@@ -186,6 +186,10 @@ def build_http_app(
                 400, "persona_agent_options applies to personalized chats (set `user`)", param="user"
             )
         if request.user is not None and personalized is not None:
+            model = body.get("model")
+            if model and model != settings.engine.served_model_name:
+                # Answer as vLLM would, before the agent spends LLM calls on a request that cannot finish.
+                raise APIError(404, f"The model `{model}` does not exist.", param="model")
             return await personalized.handle(body)
         return await relay_chat(backend.chat(body))
 

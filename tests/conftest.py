@@ -118,8 +118,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         PERSONAAGENT_AUTH__API_KEYS=json.dumps(API_KEYS),
         # Low enough that the overload test reaches it with a few dozen Locust users.
         PERSONAAGENT_SERVER__MAX_INFLIGHT_REQUESTS=str(MAX_INFLIGHT),
-        # A cap just under the context: over it is our 400; under it but past the context, vLLM's.
-        PERSONAAGENT_SERVER__MAX_TOKENS="4090",
+        # A cap above the 4096-token context: past the context is vLLM's 400, past the cap ours.
+        PERSONAAGENT_SERVER__MAX_TOKENS="8192",
         # Imports with outputs would queue background alignments in every test; the feedback path and
         # forced alignments are tested explicitly instead.
         PERSONAAGENT_ALIGNMENT__SCHEDULE_ON_IMPORT="false",

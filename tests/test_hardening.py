@@ -85,7 +85,8 @@ def test_two_users_with_identical_personas_share_no_cached_blocks(stack: Stack) 
 
     cached("salt-x")
     warm, persona_tokens = cached("salt-x")
-    assert persona_tokens >= 256 and warm >= persona_tokens  # x reuses its own blocks
+    # x reuses its own blocks: all the persona's full blocks (vLLM caches whole 128-token blocks on CPU).
+    assert persona_tokens >= 256 and warm >= persona_tokens - 128, (warm, persona_tokens)
     cold, _ = cached("salt-y")  # same persona, same prompt, other tenant: nothing shared
     assert cold == 0, cold
     http.delete("/v1/users/salt-x")

@@ -121,7 +121,7 @@ def _assert_openai_error(response: object, status: int) -> dict:
         ({"model": MODEL, "messages": "hello"}, 400, "messages"),
         ({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": "many"}, 400, "max_tokens"),
         ({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "temperature": "hot"}, 400, "temperature"),
-        ({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4090}, 400, "max_tokens"),
+        ({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5000}, 400, "max_tokens"),
         ({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 100000}, 400, "max_tokens"),
         ({"model": MODEL, "messages": [{"role": "user", "content": "x" * 100_001}]}, 400, "messages.0.content"),
         ({"model": "no-such-model", "messages": [{"role": "user", "content": "hi"}]}, 404, "model"),
