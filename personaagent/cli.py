@@ -187,7 +187,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from evaluation.report import markdown, write_reports
     from evaluation.runner import RunRequest, results_payload, run
 
-    for noisy in ("httpx", "openai"):  # a line per request would bury the progress bar
+    for noisy in ("httpx", "httpx2", "openai"):  # a line per request would bury the progress bar
         logging.getLogger(noisy).setLevel(logging.WARNING)
     settings = load_settings(args.config)
     url = args.url or f"http://{settings.server.host}:{settings.server.port}"
