@@ -52,15 +52,14 @@ class EngineDeployment:
         self.service = EngineService(settings)
         await self.service.start()
 
-    async def chat(self, request: EngineRequest | dict[str, Any]) -> AsyncIterator[dict[str, Any] | str]:
+    async def chat(self, request: EngineRequest) -> AsyncIterator[dict[str, Any] | str]:
         """Called through a streaming handle: yields one dict, or SSE strings.
 
         SSE chunks that pile up while the previous one is in flight are sent as one string: every item
         of a Ray streaming generator is a Ray message (and another hop from ingress to proxy), which on a
         small CPU costs throughput under load; the first chunk still goes out at once (TTFT).
         """
-        body = request.body if isinstance(request, EngineRequest) else request
-        async for item in coalesce_sse(self.service.chat(body)):
+        async for item in coalesce_sse(self.service.chat(request.body)):
             yield item
 
     async def list_models(self) -> dict[str, Any]:
@@ -71,13 +70,6 @@ class EngineDeployment:
 
     async def count_chat_tokens(self, messages: list[dict[str, Any]]) -> int:
         return self.service.count_chat_tokens(messages)
-
-    async def engine_info(self) -> dict[str, Any]:
-        return {
-            "model": self.service.model_name,
-            "block_size": self.service.block_size,
-            "max_model_len": self.service.max_model_len,
-        }
 
     async def check_health(self) -> None:
         """Ray Serve's replica health check: restarts the replica if the engine died."""
