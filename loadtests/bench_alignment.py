@@ -4,7 +4,11 @@ Pool: `POST /v1/users/{id}/align` for every user, wait for all jobs (rounds over
 all calls concurrent, vLLM batching them). Sequential: the same `alignment.loop.align_user` code in this
 process, one user after another and one LLM call after another, against the same running engine
 (through the stack's plain chat endpoint and user data API). Also: chat TTFT p50 with and without the
-pool's alignment traffic running (alignment runs at a lower vLLM priority).
+pool's alignment traffic running (alignment runs at a lower vLLM priority, and the engine replica holds
+new alignment calls back while chat runs: `alignment.yield_to_chat`), for steady chat (one request a
+second) and sparse chat (one every 4 s, longer than `alignment.chat_quiet_s`, so alignment runs freely
+between chats); and the engine's own batching ceiling on these calls: a sample of the recorded alignment
+calls replayed one at a time and then all at once, which bounds what any pool can gain on this hardware.
 
     .venv/bin/python -m loadtests.bench_alignment --users 32
 """
@@ -43,8 +47,10 @@ class HttpRunner:
     def __init__(self, client: httpx.AsyncClient) -> None:
         self.client = client
         self.lock = asyncio.Lock()
+        self.recorded: list[dict[str, Any]] = []  # every call's body, for the batching-ceiling replay
 
     async def chat(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any] | str]:
+        self.recorded.append(body)
         async with self.lock:
             resp = await self.client.post("/v1/chat/completions", json=body)
         yield resp.json()
@@ -82,10 +88,14 @@ class HttpMemory:
         return with_truth[:n]
 
 
-async def chat_ttft(base_url: str, model: str, n: int) -> list[float]:
+async def chat_ttft(base_url: str, model: str, n: int, interval_s: float = 1.0) -> list[float]:
+    """TTFT of `n` short chats, one starting every `interval_s` (or when the last one ends, if later)."""
     out = []
+    started = time.perf_counter()
     async with httpx.AsyncClient(base_url=base_url, timeout=600) as client:
         for i in range(n):
+            if i:
+                await asyncio.sleep(max(0.0, interval_s - (time.perf_counter() - started)))
             body = {
                 "model": model,
                 "stream": True,
@@ -120,12 +130,11 @@ async def run_pool(base_url: str, users: list[str], progress: Progress) -> tuple
 
 async def run_sequential(
     base_url: str, model: str, users: list[str], settings: Any, progress: Progress
-) -> tuple[float, list[Any]]:
+) -> tuple[float, list[Any], list[dict[str, Any]]]:
     async with httpx.AsyncClient(base_url=base_url, timeout=600) as client:
         memory = HttpMemory(client)
-        agent = PersonaAgent(
-            LLM(HttpRunner(client), model), memory, AgentConfig(max_steps=settings.agent.max_steps)
-        )
+        runner = HttpRunner(client)
+        agent = PersonaAgent(LLM(runner, model), memory, AgentConfig(max_steps=settings.agent.max_steps))
         cfg = AlignmentConfig(
             n=settings.alignment.n, iterations=settings.alignment.iterations, gate=settings.alignment.gate
         )
@@ -136,7 +145,23 @@ async def run_sequential(
             persona = await memory.ensure_persona(user)
             outcomes.append(await align_user(agent, memory, user, persona.text, persona.version, cfg))
             progress.advance(task)
-        return time.perf_counter() - started, outcomes
+        return time.perf_counter() - started, outcomes, runner.recorded
+
+
+async def replay(base_url: str, bodies: list[dict[str, Any]], concurrent: bool) -> float:
+    """Wall time of sending `bodies` one at a time, or all at once (the engine batches them)."""
+    async with httpx.AsyncClient(base_url=base_url, timeout=600) as client:
+
+        async def one(body: dict[str, Any]) -> None:
+            (await client.post("/v1/chat/completions", json=body)).raise_for_status()
+
+        started = time.perf_counter()
+        if concurrent:
+            await asyncio.gather(*(one(b) for b in bodies))
+        else:
+            for body in bodies:
+                await one(body)
+        return time.perf_counter() - started
 
 
 def main() -> None:
@@ -145,7 +170,8 @@ def main() -> None:
     )
     parser.add_argument("--config", default=None)
     parser.add_argument("--users", type=int, default=32)
-    parser.add_argument("--ttft-samples", type=int, default=12)
+    parser.add_argument("--ttft-samples", type=int, default=20, help="chats per TTFT measurement")
+    parser.add_argument("--replay-calls", type=int, default=64, help="recorded calls in the ceiling replay")
     parser.add_argument("--out", type=Path, default=Path("loadtests/results/bench_alignment.json"))
     args = parser.parse_args()
     console = Console()
@@ -155,6 +181,7 @@ def main() -> None:
     stack = start_our_stack(
         settings, workdir / "logs", workdir / "data", {"PERSONAAGENT_ALIGNMENT__SCHEDULE_ON_IMPORT": "false"}
     )
+    patterns = {"steady chat, 1 request/s": 1.0, "sparse chat, 1 request/4 s": 4.0}
     try:
         with console.status("starting the stack"):
             stack.wait_ready()
@@ -168,20 +195,29 @@ def main() -> None:
                 ]
                 http.post(f"/v1/users/{user}/interactions", json=items).raise_for_status()
                 http.get(f"/v1/users/{user}/persona").raise_for_status()
-        idle_ttft = asyncio.run(chat_ttft(stack.base_url, model, args.ttft_samples))
+        with console.status("chat TTFT, engine idle"):
+            idle_ttft = asyncio.run(chat_ttft(stack.base_url, model, args.ttft_samples))
         with Progress(console=console) as progress:
 
-            async def pool_with_chat() -> tuple[float, list[dict[str, Any]], list[float]]:
+            async def pool_with_chat() -> tuple[float, list[dict[str, Any]], dict[str, list[float]]]:
                 pool_task = asyncio.create_task(run_pool(stack.base_url, users, progress))
                 await asyncio.sleep(5)  # let the rounds start before measuring chat under load
-                busy = await chat_ttft(stack.base_url, model, args.ttft_samples)
+                busy = {}
+                for label, interval in patterns.items():
+                    busy[label] = await chat_ttft(stack.base_url, model, args.ttft_samples, interval)
+                    if pool_task.done():
+                        console.print(f"[yellow]the pool finished during '{label}': use more users")
                 wall, jobs = await pool_task
                 return wall, jobs, busy
 
             pool_wall, pool_jobs, busy_ttft = asyncio.run(pool_with_chat())
-            seq_wall, seq_outcomes = asyncio.run(
+            seq_wall, seq_outcomes, recorded = asyncio.run(
                 run_sequential(stack.base_url, model, users, settings, progress)
             )
+        sample = recorded[: args.replay_calls]
+        with console.status(f"ceiling: {len(sample)} recorded calls one at a time, then all at once"):
+            replay_seq = asyncio.run(replay(stack.base_url, sample, concurrent=False))
+            replay_all = asyncio.run(replay(stack.base_url, sample, concurrent=True))
     finally:
         stack.stop()
 
@@ -195,11 +231,18 @@ def main() -> None:
     table = Table(
         title=f"Alignment of {args.users} users (n={settings.alignment.n}, {settings.alignment.iterations} iteration, gate {'on' if settings.alignment.gate else 'off'})"
     )
-    for col in ("measure", "sequential loop", "actor pool", "ratio"):
+    for col in ("measure", "sequential", "concurrent", "ratio"):
         table.add_column(col, justify="right")
+    speedup, ceiling = seq_wall / pool_wall, replay_seq / replay_all
     table.add_row(
-        "wall time (s)", f"{seq_wall:.1f}", f"{pool_wall:.1f}", f"{seq_wall / pool_wall:.1f}x faster"
+        "alignment wall time (s): loop vs actor pool",
+        f"{seq_wall:.1f}",
+        f"{pool_wall:.1f}",
+        f"{speedup:.1f}x faster",
     )
+    table.add_row(f"engine ceiling: {len(sample)} recorded calls (s), one at a time vs all at once",
+                  f"{replay_seq:.1f}", f"{replay_all:.1f}", f"{ceiling:.1f}x faster")  # fmt: skip
+    table.add_row("pool speed-up / engine ceiling", "", "", f"{speedup / ceiling:.0%}")
     table.add_row("tokens per aligned user", f"{seq_tokens:.0f}", f"{pool_tokens:.0f}", "")
     table.add_row(
         "jobs done / failed",
@@ -213,15 +256,23 @@ def main() -> None:
         str(sum(bool(j["result"]["accepted"]) for j in ok_jobs)),
         "",
     )
-    idle, busy = statistics.median(idle_ttft) * 1000, statistics.median(busy_ttft) * 1000
-    table.add_row(
-        "chat TTFT p50 (ms): idle vs alignment running", f"{idle:.0f}", f"{busy:.0f}", f"{busy / idle:.2f}x"
-    )
+    idle = statistics.median(idle_ttft) * 1000
+    ttft = {"idle": idle}
+    for label, samples in busy_ttft.items():
+        busy = statistics.median(samples) * 1000
+        ttft[label] = busy
+        table.add_row(
+            f"chat TTFT p50 (ms), {label}: idle vs pool running",
+            f"{idle:.0f}",
+            f"{busy:.0f}",
+            f"{busy / idle:.2f}x",
+        )
     console.print(table)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"sequential_s": seq_wall, "pool_s": pool_wall, "ratio": seq_wall / pool_wall,
+    args.out.write_text(json.dumps({"users": args.users, "sequential_s": seq_wall, "pool_s": pool_wall, "ratio": speedup,
+                                    "ceiling": {"calls": len(sample), "one_at_a_time_s": replay_seq, "all_at_once_s": replay_all, "ratio": ceiling},
                                     "tokens_per_user": {"sequential": seq_tokens, "pool": pool_tokens},
-                                    "chat_ttft_ms": {"idle": idle, "alignment_running": busy}}, indent=2))  # fmt: skip
+                                    "chat_ttft_ms": ttft}, indent=2))  # fmt: skip
 
 
 if __name__ == "__main__":

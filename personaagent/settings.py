@@ -141,6 +141,15 @@ class AlignmentSettings(BaseModel):
     round_size: int = Field(64, ge=1, description="users gathered into one round")
     max_inflight_calls: int = Field(32, ge=1, description="cap on concurrent engine calls per pool actor")
     priority: int = Field(10, description="vLLM request priority of alignment calls (chat: 0; lower first)")
+    yield_to_chat: bool = Field(
+        True, description="engine replicas hold back new alignment calls while chat runs on them"
+    )
+    inflight_calls_during_chat: int = Field(
+        2, ge=1, description="alignment calls per engine replica while chat runs (and chat_quiet_s after)"
+    )
+    chat_quiet_s: float = Field(
+        2.0, ge=0, description="seconds after the last chat before alignment runs freely"
+    )
     answer_max_tokens: int = Field(64, ge=1)
     persona_max_words: int = Field(250, ge=20)
     allow_fault_injection: bool = Field(False, description="tests only: POST /align?inject_failure_after=N")

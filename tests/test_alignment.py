@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import threading
 import time
 from pathlib import Path
 
@@ -93,6 +95,67 @@ def test_k_feedbacks_schedule_one_alignment_that_records_feedback_and_scores(sta
             ).json()["alignment_job"]
             is None
         )
+
+
+def _engine_gauges(stack: Stack) -> tuple[float, float, float]:
+    """(chat running, alignment running, alignment waiting) in the engine replica, from /metrics."""
+    with stack.http() as http:
+        text = http.get("/metrics").text
+
+    def gauge(name: str) -> float:
+        match = re.search(rf"^personaagent_engine_{name} ([0-9.e+-]+)$", text, re.M)
+        assert match, f"personaagent_engine_{name} missing from /metrics"
+        return float(match.group(1))
+
+    return gauge("foreground_running"), gauge("background_running"), gauge("background_waiting")
+
+
+def test_alignment_yields_to_a_running_chat(stack: Stack) -> None:
+    """While a chat streams, the engine admits at most `inflight_calls_during_chat` alignment-class calls.
+
+    The background load is four requests at the alignment priority (10, what the pool's calls carry), so
+    the count is known; they are held back, not dropped, and all finish once the chat is over.
+    """
+    limit = 2  # alignment.inflight_calls_during_chat (default)
+    chat_body = {
+        "model": MODEL, "stream": True, "max_tokens": 1200, "ignore_eos": True,
+        "messages": [{"role": "user", "content": "Write a long story about a lighthouse."}],
+    }  # fmt: skip
+    background_body = {  # long enough that the two admitted ones are still running at the next sample
+        "model": MODEL, "max_tokens": 200, "ignore_eos": True, "priority": 10,
+        "messages": [{"role": "user", "content": "Name a colour."}],
+    }  # fmt: skip
+    statuses: list[int] = []
+
+    def long_chat() -> None:
+        with stack.http() as http, http.stream("POST", "/v1/chat/completions", json=chat_body) as resp:
+            for _ in resp.iter_lines():
+                pass
+
+    def background() -> None:
+        with stack.http() as http:
+            statuses.append(http.post("/v1/chat/completions", json=background_body).status_code)
+
+    chat = threading.Thread(target=long_chat)
+    chat.start()
+    deadline = time.monotonic() + 60
+    while _engine_gauges(stack)[0] < 1 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    workers = [threading.Thread(target=background) for _ in range(4)]
+    for worker in workers:
+        worker.start()
+    samples = []
+    while chat.is_alive():
+        samples.append(_engine_gauges(stack))
+        time.sleep(0.2)
+    for thread in (chat, *workers):
+        thread.join(timeout=300)
+    during_chat = [s for s in samples if s[0] >= 1]
+    assert during_chat, "no sample caught the chat running"
+    assert max(s[1] for s in during_chat) <= limit, samples
+    assert max(s[2] for s in during_chat) >= 1, f"no background call was held back: {samples}"
+    assert statuses == [200] * 4  # held back, not dropped
+    assert _engine_gauges(stack) == (0, 0, 0)
 
 
 def test_failure_mid_alignment_leaves_the_persona_unchanged(stack: Stack) -> None:

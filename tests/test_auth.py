@@ -65,8 +65,13 @@ def test_user_scoped_key_acts_only_as_its_user(stack: Stack) -> None:
     ):
         assert_error(response, 403, "permission_error")
         assert "bob likes tea" not in response.text
-    # Admin-only routes.
+    # Admin-only routes, and jumping ahead of everyone's chat with a negative vLLM priority.
     assert_error(alice.get("/v1/personas/similarity"), 403, "permission_error")
+    assert_error(
+        alice.post("/v1/chat/completions", json=chat_body() | {"priority": -1}), 403, "permission_error"
+    )
+    assert alice.post("/v1/chat/completions", json=chat_body() | {"priority": 5}).status_code == 200
+    assert admin.post("/v1/chat/completions", json=chat_body() | {"priority": -1}).status_code == 200
     assert_error(alice.post("/v1/documents/reload"), 403, "permission_error")
     # Bob is untouched, and the openai client sees the same 403.
     assert admin.get("/v1/users/bob/export").status_code == 200

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, nullcontext
 from typing import Any
 
+from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from ray import serve
 
 from personaagent.settings import Settings
 from serving.backend import EngineRequest
+from serving.background_gate import BackgroundGate
 from serving.engine import EngineService
 
 _END = object()
@@ -51,6 +54,24 @@ class EngineDeployment:
     async def __init__(self, settings: Settings) -> None:  # type: ignore[misc]
         self.service = EngineService(settings)
         await self.service.start()
+        a = settings.alignment
+        # Background is told apart by priority: with alignment at chat's 0 there is nothing to gate.
+        gated = a.yield_to_chat and a.priority > 0
+        self.gate = BackgroundGate(a.inflight_calls_during_chat, a.chat_quiet_s) if gated else None
+        self._background_priority = a.priority
+        self._registry = self._gate_metrics()
+
+    def _admission(self, body: dict[str, Any]) -> AbstractAsyncContextManager[None]:
+        """Alignment-class requests (vLLM priority at or past `alignment.priority`) are background work.
+
+        Profile writes (priority 1) are not held back: a first-time user's chat may be waiting on one.
+        """
+        if self.gate is None:
+            return nullcontext()
+        priority = body.get("priority") or 0
+        if isinstance(priority, int) and priority >= self._background_priority:
+            return self.gate.background()
+        return self.gate.foreground()
 
     async def chat(self, request: EngineRequest) -> AsyncIterator[dict[str, Any] | str]:
         """Called through a streaming handle: yields one dict, or SSE strings.
@@ -59,14 +80,27 @@ class EngineDeployment:
         of a Ray streaming generator is a Ray message (and another hop from ingress to proxy), which on a
         small CPU costs throughput under load; the first chunk still goes out at once (TTFT).
         """
-        async for item in coalesce_sse(self.service.chat(request.body)):
-            yield item
+        async with self._admission(request.body):
+            async for item in coalesce_sse(self.service.chat(request.body)):
+                yield item
 
     async def list_models(self) -> dict[str, Any]:
         return await self.service.list_models()
 
+    def _gate_metrics(self) -> CollectorRegistry:
+        registry = CollectorRegistry()
+        for field, doc in (
+            ("foreground_running", "Chat requests running in this engine replica."),
+            ("background_running", "Alignment requests admitted and running in this engine replica."),
+            ("background_waiting", "Alignment requests held back while chat runs (alignment.yield_to_chat)."),
+        ):
+            gauge = Gauge(f"personaagent_engine_{field}", doc, registry=registry)
+            if self.gate is not None:
+                gauge.set_function(lambda f=field: getattr(self.gate.stats(), f))  # type: ignore[union-attr]
+        return registry
+
     async def metrics_text(self) -> str:
-        return self.service.metrics_text()
+        return generate_latest(self._registry).decode() + self.service.metrics_text()
 
     async def count_chat_tokens(self, messages: list[dict[str, Any]]) -> int:
         return self.service.count_chat_tokens(messages)
