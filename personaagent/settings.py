@@ -148,7 +148,10 @@ class AlignmentSettings(BaseModel):
         2, ge=1, description="alignment calls per engine replica while chat runs (and chat_quiet_s after)"
     )
     chat_quiet_s: float = Field(
-        2.0, ge=0, description="seconds after the last chat before alignment runs freely"
+        2.0, ge=0, description="seconds after the last chat before alignment goes back to its idle limit"
+    )
+    max_engine_share: float = Field(
+        0.5, gt=0, le=1, description="share of an engine replica's max_num_seqs alignment may hold when idle"
     )
     answer_max_tokens: int = Field(64, ge=1)
     persona_max_words: int = Field(250, ge=20)

@@ -2,10 +2,12 @@
 
 vLLM's priority scheduling orders only the *waiting* queue: alignment sequences that are already running
 share every engine step with chat, and on a compute-bound engine (a CPU, or a saturated GPU) each extra
-sequence makes every step slower. So the engine replica itself admits background requests: any number
-while the engine has no foreground work, at most `busy_limit` while foreground requests run and for
-`quiet_s` after the last one ended (a user's next turn usually follows within seconds). Running
-background requests finish; only new ones wait. No framework in here: the engine deployment wraps it.
+sequence makes every step slower. Nor does it preempt for a sequence slot: with `max_num_seqs` running,
+an arriving chat waits until one of them ends. So the engine replica itself admits background requests:
+at most `idle_limit` while the engine has no foreground work (fewer than its slots, so chat always finds
+one), at most `busy_limit` while foreground requests run and for `quiet_s` after the last one ended (a
+user's next turn usually follows within seconds). Running background requests finish; only new ones
+wait. No framework in here: the engine deployment wraps it.
 """
 
 from __future__ import annotations
@@ -22,16 +24,19 @@ from pydantic import BaseModel, Field
 class BackgroundGateStats(BaseModel):
     foreground_running: int = Field(description="foreground (chat) requests in the engine now")
     background_running: int = Field(description="background (alignment) requests admitted and running")
-    background_waiting: int = Field(description="background requests held back for foreground work")
-    background_limit: int | None = Field(description="admission limit now; None: unlimited")
+    background_waiting: int = Field(description="background requests held back")
+    background_limit: int = Field(description="how many background requests may run now")
 
 
 class BackgroundGate:
-    def __init__(self, busy_limit: int, quiet_s: float, clock: Callable[[], float] = time.monotonic) -> None:
-        if busy_limit < 1:
+    def __init__(
+        self, busy_limit: int, idle_limit: int, quiet_s: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        if not 1 <= busy_limit <= idle_limit:
             # 0 would stall alignment for as long as chat never pauses; 1 keeps it moving.
-            raise ValueError("busy_limit must be at least 1")
+            raise ValueError("need 1 <= busy_limit <= idle_limit")
         self._busy_limit = busy_limit
+        self._idle_limit = idle_limit
         self._quiet_s = quiet_s
         self._clock = clock
         self._foreground = 0
@@ -43,11 +48,11 @@ class BackgroundGate:
     def _quiet_left(self) -> float:
         return self._quiet_s - (self._clock() - self._last_foreground_end)
 
-    def limit(self) -> int | None:
-        """How many background requests may run now (None: no limit)."""
+    def limit(self) -> int:
+        """How many background requests may run now."""
         if self._foreground or self._quiet_left() > 0:
             return self._busy_limit
-        return None
+        return self._idle_limit
 
     def stats(self) -> BackgroundGateStats:
         return BackgroundGateStats(
@@ -77,9 +82,10 @@ class BackgroundGate:
         self._waiting += 1
         try:
             async with self._changed:
-                while (limit := self.limit()) is not None and self._background >= limit:
-                    # With foreground running, wait for a change; otherwise until the quiet period ends.
-                    timeout = None if self._foreground else max(0.0, self._quiet_left())
+                while self._background >= self.limit():
+                    # In the quiet period, wait until it ends; otherwise for a request to end or start.
+                    quiet_left = self._quiet_left()
+                    timeout = quiet_left if not self._foreground and quiet_left > 0 else None
                     try:
                         await asyncio.wait_for(self._changed.wait(), timeout)
                     except TimeoutError:

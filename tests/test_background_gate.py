@@ -24,25 +24,26 @@ async def _settle() -> None:
         await asyncio.sleep(0)
 
 
-def test_background_runs_freely_without_foreground() -> None:
+def test_without_foreground_background_runs_up_to_the_idle_limit() -> None:
     async def scenario() -> None:
-        gate = BackgroundGate(busy_limit=1, quiet_s=0.2)
+        gate = BackgroundGate(busy_limit=1, idle_limit=4, quiet_s=0.2)
         started: list[str] = []
         release = asyncio.Event()
-        tasks = [asyncio.create_task(_hold(gate.background(), started, f"b{i}", release)) for i in range(5)]
+        tasks = [asyncio.create_task(_hold(gate.background(), started, f"b{i}", release)) for i in range(6)]
         await _settle()
-        assert len(started) == 5 and gate.limit() is None
-        assert gate.stats().background_running == 5
+        # Slots stay free for chat: vLLM would not preempt a running request to give it one.
+        assert len(started) == 4 and gate.limit() == 4
+        assert gate.stats().background_waiting == 2
         release.set()
         await asyncio.gather(*tasks)
-        assert gate.stats().background_running == 0
+        assert len(started) == 6 and gate.stats().background_running == 0
 
     asyncio.run(scenario())
 
 
 def test_foreground_limits_new_background_until_quiet_period_ends() -> None:
     async def scenario() -> None:
-        gate = BackgroundGate(busy_limit=2, quiet_s=0.3)
+        gate = BackgroundGate(busy_limit=2, idle_limit=8, quiet_s=0.3)
         started: list[str] = []
         fg_release, bg_release = asyncio.Event(), asyncio.Event()
         chat = asyncio.create_task(_hold(gate.foreground(), started, "chat", fg_release))
@@ -59,7 +60,7 @@ def test_foreground_limits_new_background_until_quiet_period_ends() -> None:
         await asyncio.sleep(0.1)
         assert gate.stats().background_running == 2 and gate.limit() == 2
         await asyncio.sleep(0.4)
-        assert gate.stats().background_running == 5 and gate.limit() is None
+        assert gate.stats().background_running == 5 and gate.limit() == 8
         bg_release.set()
         await asyncio.gather(*background)
 
@@ -68,7 +69,7 @@ def test_foreground_limits_new_background_until_quiet_period_ends() -> None:
 
 def test_a_finished_background_request_lets_the_next_one_in_while_chat_runs() -> None:
     async def scenario() -> None:
-        gate = BackgroundGate(busy_limit=1, quiet_s=10)
+        gate = BackgroundGate(busy_limit=1, idle_limit=8, quiet_s=10)
         started: list[str] = []
         chat_release = asyncio.Event()
         releases = [asyncio.Event() for _ in range(3)]
@@ -92,7 +93,7 @@ def test_a_finished_background_request_lets_the_next_one_in_while_chat_runs() ->
 
 def test_a_cancelled_waiter_leaves_no_trace() -> None:
     async def scenario() -> None:
-        gate = BackgroundGate(busy_limit=1, quiet_s=10)
+        gate = BackgroundGate(busy_limit=1, idle_limit=8, quiet_s=10)
         release = asyncio.Event()
         started: list[str] = []
         chat = asyncio.create_task(_hold(gate.foreground(), started, "chat", release))
@@ -112,6 +113,8 @@ def test_a_cancelled_waiter_leaves_no_trace() -> None:
     asyncio.run(scenario())
 
 
-def test_busy_limit_must_let_alignment_move() -> None:
+def test_limits_must_let_alignment_move() -> None:
     with pytest.raises(ValueError):
-        BackgroundGate(busy_limit=0, quiet_s=1)
+        BackgroundGate(busy_limit=0, idle_limit=8, quiet_s=1)
+    with pytest.raises(ValueError):
+        BackgroundGate(busy_limit=4, idle_limit=2, quiet_s=1)

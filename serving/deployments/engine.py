@@ -57,7 +57,11 @@ class EngineDeployment:
         a = settings.alignment
         # Background is told apart by priority: with alignment at chat's 0 there is nothing to gate.
         gated = a.yield_to_chat and a.priority > 0
-        self.gate = BackgroundGate(a.inflight_calls_during_chat, a.chat_quiet_s) if gated else None
+        # Alignment never holds every sequence slot: vLLM does not preempt for a slot, so chat would queue.
+        idle_limit = max(a.inflight_calls_during_chat, int(settings.engine.max_num_seqs * a.max_engine_share))
+        self.gate = (
+            BackgroundGate(a.inflight_calls_during_chat, idle_limit, a.chat_quiet_s) if gated else None
+        )
         self._background_priority = a.priority
         self._registry = self._gate_metrics()
 
