@@ -71,7 +71,9 @@ def require_user(request: Request, user_id: str | None) -> None:
         raise APIError(403, f"this API key acts only as user '{principal.user_id}'", param="user")
 
 
-def require_admin(request: Request) -> None:
+def require_admin(
+    request: Request, message: str = "this route needs an admin API key", param: str | None = None
+) -> None:
     principal = principal_of(request)
     if principal is not None and not principal.is_admin:
-        raise APIError(403, "this route needs an admin API key")
+        raise APIError(403, message, param=param)

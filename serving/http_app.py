@@ -15,7 +15,7 @@ from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionReque
 
 from personaagent.settings import Settings
 from serving.alignment_routes import build_alignment_router
-from serving.auth import Authenticator, principal_of, require_admin, require_user
+from serving.auth import Authenticator, require_admin, require_user
 from serving.backend import ChatBackend
 from serving.backpressure import InflightLimiter
 from serving.errors import (
@@ -179,10 +179,9 @@ def build_http_app(
         # Forward the client's JSON as sent: vLLM's request validators rewrite fields (response_format ->
         # structured_outputs), so a dump of the validated model would not validate the same way again.
         body = await raw_request.json()
-        principal = principal_of(raw_request)
-        if request.priority < 0 and principal is not None and not principal.is_admin:
+        if request.priority < 0:
             # vLLM runs lower values first: only an admin may put a request ahead of everyone's chat.
-            raise APIError(403, "priority: values below 0 need an admin API key", param="priority")
+            require_admin(raw_request, "priority: values below 0 need an admin API key", param="priority")
         if request.user is not None:
             require_user(raw_request, request.user)
         if "persona_agent_options" in body and (request.user is None or personalized is None):
