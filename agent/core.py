@@ -1,27 +1,42 @@
-"""PersonaAgent: persona-driven, bounded tool loop; produces the final prompt (or a client tool call).
+"""PersonaAgent: persona, retrieved memories and tools in one streamed generation.
 
-No Ray and no HTTP here: memory, documents and the LLM come in through small protocols, so the serving
-layer (chat), the alignment loop and the evaluation all run this same code.
+A personalized request is one engine call when no tool is needed: the persona (first, byte-stable, so its
+KV blocks stay cached), the conversation, the user's memories for this request (priming search: embedding
+and FAISS, no LLM), and the tools offered inside the same generation the way the ecosystem does it
+(OpenAI `tools` + `tool_choice`, parsed by vLLM's tool parser for the model family, checked by vLLM's
+structural tag). A built-in tool call (memory, profile, documents) is executed here and the generation
+continues with its result, for at most `max_steps` rounds; a call of one of the client's tools is
+returned to the client as OpenAI `tool_calls`.
+
+No Ray and no HTTP here: memory and the engine come in through small protocols, so chat, the alignment
+loop and the evaluation run this same code.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any, Protocol
 
-import jsonschema
 from pydantic import BaseModel, ConfigDict, Field
 
-from agent.llm import LLM, LLMError
-from agent.prompts import ACTION_STEP, TOOL_CONTEXT
-from agent.tools import ANSWER, BUILTIN_TOOLS, ToolSpec, ToolStep, client_tool_specs
+from agent.llm import LLM
+from agent.prompts import TOOL_CONTEXT, TOOLS_PROMPTED
+from agent.tools import BUILTIN_TOOLS, ToolSpec, ToolStep, client_tool_specs
 from memory.documents import DocumentHit
 from memory.records import MemoryHit, PersonaVersion
+from personaagent.quoting import quote_data
+from personaagent.salts import CacheSalts
 from personaagent.settings import AgentSettings
 
 logger = logging.getLogger(__name__)
+
+# Request fields the agent owns: the engine sees the agent's own tools and tool choice instead.
+AGENT_ONLY_FIELDS = frozenset(
+    {"tools", "tool_choice", "parallel_tool_calls", "functions", "function_call", "persona_agent_options",
+     "cache_salt", "user"}
+)  # fmt: skip
 
 
 class AgentMemory(Protocol):
@@ -36,27 +51,31 @@ class AgentMemory(Protocol):
 
 
 class AgentConfig(BaseModel):
-    max_steps: int = Field(3, ge=0, description="tool steps before the agent must answer")
+    max_steps: int = Field(3, ge=0, description="generation rounds that may call a built-in tool")
     memory_k: int = Field(4, ge=1)
     document_k: int = Field(3, ge=1)
-    step_max_tokens: int = Field(96, ge=16)
-    observation_chars: int = Field(1200, ge=100, description="per tool result, in the final prompt")
+    observation_chars: int = Field(1200, ge=100, description="per tool result, in the prompt")
     trace_result_chars: int = Field(200, ge=20, description="per tool result, in the response trace")
     use_tools: bool = True
     use_persona: bool = True
     use_memory: bool = True
-    # Retrieve the user's memories for the request before the loop: even a small model then answers
-    # with the user's own history in view; the persona still decides any further searches.
+    # Retrieve the user's memories for the request before generating: even a small model then answers
+    # with the user's own history in view; the model may still search further itself.
     auto_memory_search: bool = True
+    tools_in_template: bool = Field(
+        False,
+        description="the model's chat template renders `tools` (Qwen2.5, Mistral); false: the agent "
+        "writes the Hermes tool block into the system prompt itself (SmolLM2)",
+    )
 
     @classmethod
-    def from_settings(cls, agent: AgentSettings) -> AgentConfig:
-        """The agent's loop settings from the service settings (chat and alignment use the same)."""
+    def from_settings(cls, agent: AgentSettings, tools_in_template: bool = False) -> AgentConfig:
+        """The agent's settings from the service settings (chat and alignment use the same)."""
         return cls(
             max_steps=agent.max_steps,
             memory_k=agent.memory_k,
             document_k=agent.document_k,
-            step_max_tokens=agent.step_max_tokens,
+            tools_in_template=tools_in_template,
         )
 
 
@@ -66,7 +85,7 @@ class AgentOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     persona: bool = Field(True, description="false: no persona system prompt")
     memory: bool = Field(True, description="false: no episodic or semantic memory (search, profile, priming)")
-    tools: bool = Field(True, description="false: no action module (no tool loop, no memory priming)")
+    tools: bool = Field(True, description="false: no action module (no tools, no memory priming)")
 
     def apply(self, config: AgentConfig) -> AgentConfig:
         return config.model_copy(
@@ -78,27 +97,27 @@ class AgentOptions(BaseModel):
         )
 
 
-class ClientToolCall(BaseModel):
-    id: str
-    name: str
-    arguments: dict[str, Any]
-
-
 class AgentPlan(BaseModel):
-    """What the agent decided: the final prompt to answer with, or a call of one of the client's tools."""
+    """A prepared personalized request: its prompt, the tools it offers, and what it did so far."""
 
     user_id: str
+    cache_salt: str
     persona_version: int | None
     persona: str | None
     persona_tokens: int | None = None
-    final_messages: list[dict[str, Any]]
+    messages: list[dict[str, Any]]
+    tools: list[ToolSpec] = Field(default_factory=list)
+    tool_choice: Any = Field(None, description="OpenAI tool_choice for the first round (named or required)")
+    max_steps: int = 0
+    tools_in_template: bool = False
+    exclude_ids: list[int] = Field(default_factory=list)
     trace_final_prompt: bool = False
-    client_tool_call: ClientToolCall | None = None
     steps: list[ToolStep] = Field(default_factory=list)
-    fallbacks: int = 0
     llm_calls: int = 0
+    tool_llm_calls: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_tokens: int = 0
 
     @property
     def memory_ids(self) -> list[int]:
@@ -108,6 +127,11 @@ class AgentPlan(BaseModel):
                 seen.setdefault(i, None)
         return list(seen)
 
+    @property
+    def final_messages(self) -> list[dict[str, Any]]:
+        """The prompt of the generation that answers (tool rounds included)."""
+        return self.messages
+
     def trace(self) -> dict[str, Any]:
         """The `persona_agent` object attached to responses."""
         return {
@@ -116,53 +140,82 @@ class AgentPlan(BaseModel):
             "persona_tokens": self.persona_tokens,
             "tool_calls": [s.model_dump() for s in self.steps],
             "memory_ids": self.memory_ids,
-            "fallbacks": self.fallbacks,
-            "tool_llm_calls": self.llm_calls,
-        } | ({"final_messages": self.final_messages} if self.trace_final_prompt else {})
+            "llm_calls": self.llm_calls,
+            "tool_llm_calls": self.tool_llm_calls,
+        } | ({"final_messages": self.messages} if self.trace_final_prompt else {})
 
+    def add_usage(self, usage: dict[str, Any] | None) -> None:
+        usage = usage or {}
+        self.prompt_tokens += int(usage.get("prompt_tokens") or 0)
+        self.completion_tokens += int(usage.get("completion_tokens") or 0)
+        details = usage.get("prompt_tokens_details") or {}
+        self.cached_tokens += int(details.get("cached_tokens") or 0)
 
-def cache_salt_for(user_id: str) -> str:
-    """vLLM prefix-cache salt: blocks are shared within one user's requests and never across users."""
-    return f"user:{user_id}"
+    def usage(self) -> dict[str, Any]:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.prompt_tokens + self.completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": self.cached_tokens},
+        }
 
 
 def _text(content: Any) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):  # OpenAI content parts
-        return "".join(p.get("text", "") for p in content if isinstance(p, dict))
+        return "".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
     return "" if content is None else str(content)
+
+
+def tool_call_text(name: str, arguments: Any) -> str:
+    """A call as the Hermes convention writes it (what the prompted tool block asks the model for)."""
+    args = arguments if isinstance(arguments, dict) else _parse_arguments(arguments)
+    return f"<tool_call>\n{json.dumps({'name': name, 'arguments': args})}\n</tool_call>"
+
+
+def _parse_arguments(raw: Any) -> dict[str, Any]:
+    try:
+        value = json.loads(raw) if isinstance(raw, str) else raw
+    except json.JSONDecodeError:
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def normalize_conversation(messages: Sequence[dict[str, Any]]) -> tuple[list[dict[str, str]], list[str]]:
     """Client messages -> plain system/user/assistant text turns, plus trailing client-tool observations.
 
-    Small chat templates know nothing of tool roles, so assistant tool calls and tool results are
-    rendered as text; tool results after the last user turn become observations of the current loop.
+    For chat templates that know nothing of tool roles: assistant tool calls are rendered as Hermes
+    `<tool_call>` text; tool results after the last user turn become observations of this request.
     """
     turns: list[dict[str, str]] = []
     trailing: list[str] = []
     for msg in messages:
         role = msg.get("role")
         if role == "tool":
-            text = f"Result of tool call {msg.get('tool_call_id', '')}: {_text(msg.get('content'))}"
-            trailing.append(text)
+            trailing.append(f"Result of tool call {msg.get('tool_call_id', '')}: {_text(msg.get('content'))}")
             continue
         if role == "assistant" and msg.get("tool_calls"):
-            calls = "; ".join(
-                f"{c.get('function', {}).get('name')}({c.get('function', {}).get('arguments', '')})"
+            calls = "\n".join(
+                tool_call_text(
+                    (c.get("function") or {}).get("name"), (c.get("function") or {}).get("arguments")
+                )
                 for c in msg["tool_calls"]
             )
-            turns.append({"role": "assistant", "content": f"[called tools: {calls}]"})
+            turns.append({"role": "assistant", "content": (_text(msg.get("content")) + "\n" + calls).strip()})
             continue
         if trailing:
-            turns.append({"role": "user", "content": "\n".join(trailing)})
+            turns.append({"role": "user", "content": TOOL_CONTEXT.render(observations=_quoted(trailing))})
             trailing = []
         if role in {"system", "developer"}:
             turns.append({"role": "system", "content": _text(msg.get("content"))})
         elif role in {"user", "assistant"}:
             turns.append({"role": role, "content": _text(msg.get("content"))})
     return turns, trailing
+
+
+def _quoted(observations: Sequence[str]) -> str:
+    return "\n".join(quote_data(o, "tool_result") for o in observations)
 
 
 def last_user_text(messages: Sequence[dict[str, Any]]) -> str:
@@ -172,11 +225,11 @@ def last_user_text(messages: Sequence[dict[str, Any]]) -> str:
     return ""
 
 
-def forced_tool(tool_choice: Any, tools: Sequence[ToolSpec]) -> ToolSpec | None:
-    """OpenAI `tool_choice={"type": "function", "function": {"name": ...}}` forces that tool first."""
+def forced_tool(tool_choice: Any, tools: Sequence[ToolSpec]) -> str | None:
+    """OpenAI `tool_choice={"type": "function", "function": {"name": ...}}` names an offered tool."""
     if isinstance(tool_choice, dict):
         name = (tool_choice.get("function") or {}).get("name")
-        return next((t for t in tools if t.name == name and not t.builtin), None)
+        return name if any(t.name == name for t in tools) else None
     return None
 
 
@@ -189,52 +242,52 @@ def _clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def _with_context(messages: list[dict[str, Any]], observations: list[str]) -> list[dict[str, Any]]:
+    """Tool results go after the byte-stable persona and the conversation: the persona prefix stays cached."""
+    if not observations:
+        return messages
+    context = TOOL_CONTEXT.render(observations=_quoted(observations))
+    out = list(messages)
+    for i in range(len(out) - 1, -1, -1):
+        if out[i].get("role") == "user":
+            out[i] = {**out[i], "content": f"{_text(out[i].get('content'))}\n\n{context}"}
+            return out
+    out.append({"role": "user", "content": context})
+    return out
+
+
+class _Call(BaseModel):
+    """A tool call read from the engine's output (streamed in pieces, or whole)."""
+
+    id: str = ""
+    name: str = ""
+    arguments: str = ""
+    index: int = 0
+
+
 class PersonaAgent:
-    def __init__(self, llm: LLM, memory: AgentMemory, config: AgentConfig | None = None) -> None:
+    def __init__(
+        self, llm: LLM, memory: AgentMemory, salts: CacheSalts, config: AgentConfig | None = None
+    ) -> None:
         self.llm = llm
         self.memory = memory
+        self.salts = salts
         self.config = config or AgentConfig()
 
-    # -- the action schema -------------------------------------------------------------------------
+    # -- preparing the one generation --------------------------------------------------------------
 
-    @staticmethod
-    def action_schema(
-        tools: Sequence[ToolSpec], strict: bool = True, allow_answer: bool = True
-    ) -> dict[str, Any]:
-        names = [t.name for t in tools] + ([ANSWER] if allow_answer else [])
-        if not strict:
-            return {
-                "type": "object",
-                "properties": {"action": {"enum": names}, "arguments": {"type": "object"}},
-                "required": ["action"],
-            }
-        variants: list[dict[str, Any]] = [
-            {
-                "type": "object",
-                "properties": {"action": {"const": t.name}, "arguments": t.parameters},
-                "required": ["action", "arguments"],
-            }
-            for t in tools
-        ]
-        variants.append(
-            {"type": "object", "properties": {"action": {"const": ANSWER}}, "required": ["action"]}
-        )
-        return {"anyOf": variants}
-
-    # -- the loop ----------------------------------------------------------------------------------
-
-    async def plan(
+    async def prepare(
         self,
         user_id: str,
         messages: Sequence[dict[str, Any]],
         *,
         client_tools: list[dict[str, Any]] | None = None,
+        tool_choice: Any = None,
         exclude_ids: Sequence[int] = (),
         persona_override: str | None = None,
-        priority: int = 0,
-        tool_choice: Any = None,
         options: AgentOptions | None = None,
     ) -> AgentPlan:
+        """Persona, conversation, the user's memories for this request and the tools to offer (no LLM)."""
         cfg = options.apply(self.config) if options is not None else self.config
         persona_version: int | None = None
         persona: str | None = None
@@ -244,143 +297,257 @@ class PersonaAgent:
             else:
                 record = await self.memory.ensure_persona(user_id)
                 persona, persona_version = record.text, record.version
-        turns, observations = normalize_conversation(messages)
-        prefix = ([{"role": "system", "content": persona}] if persona else []) + turns
-        plan = AgentPlan(user_id=user_id, persona_version=persona_version, persona=persona, final_messages=[])
 
         tools = list(BUILTIN_TOOLS) + client_tool_specs(client_tools) if cfg.use_tools else []
         if not cfg.use_memory:
             tools = [t for t in tools if t.name not in {"search_memory", "get_profile"}]
-        # A forced tool applies to the first decision of a turn, not to the follow-up carrying its result.
-        forced = None if observations else forced_tool(tool_choice, tools)
-        seen_calls: set[str] = set()
+        plan = AgentPlan(
+            user_id=user_id,
+            cache_salt=self.salts.user(user_id),
+            persona_version=persona_version,
+            persona=persona,
+            messages=[],
+            tools=tools,
+            max_steps=cfg.max_steps if tools else 0,
+            tools_in_template=cfg.tools_in_template,
+            exclude_ids=list(exclude_ids),
+        )
+        observations: list[str] = []
+        if cfg.tools_in_template:  # the template renders tool calls and results itself
+            conversation = [dict(m) for m in messages]
+            trailing = bool(messages) and messages[-1].get("role") == "tool"
+        else:
+            conversation, results = normalize_conversation(messages)
+            trailing = bool(results)
+            if results:  # the client's tool results answer the last assistant turn
+                conversation.append(
+                    {"role": "user", "content": TOOL_CONTEXT.render(observations=_quoted(results))}
+                )
+        # A forced tool applies to a turn's first round, not to the one carrying the client's tool result.
+        if not trailing and (tool_choice == "required" or forced_tool(tool_choice, tools)):
+            plan.tool_choice = tool_choice
         request_text = last_user_text(messages)
         # The priming search is an action too: without the action module the agent answers unaided.
-        priming = cfg.use_tools and cfg.use_memory and cfg.auto_memory_search
-        if priming and request_text.strip() and not observations:
-            arguments = {"query": request_text[:200]}
-            seen_calls.add(_call_key("search_memory", arguments))
-            await self._run_step(plan, observations, "search_memory", arguments, exclude_ids, auto=True)
-        for n in range(cfg.max_steps if tools else 0):
-            options = [forced] if (forced is not None and n == 0) else tools
-            decision = await self._decide(
-                plan, prefix, options, observations, priority, allow_answer=options is tools
+        if (
+            cfg.use_tools
+            and cfg.use_memory
+            and cfg.auto_memory_search
+            and request_text.strip()
+            and not trailing
+        ):
+            observations.append(
+                await self._run_step(plan, "search_memory", {"query": request_text[:200]}, auto=True)
             )
-            if decision is None or decision[0] == ANSWER:
-                break
-            name, arguments = decision
-            key = _call_key(name, arguments)
-            if key in seen_calls:  # small models repeat themselves: a repeated call adds nothing
-                break
-            seen_calls.add(key)
-            spec = next(t for t in tools if t.name == name)
-            if not spec.builtin:
-                plan.client_tool_call = ClientToolCall(
-                    id=f"call_{len(seen_calls)}_{abs(hash(key)) % 10**10}", name=name, arguments=arguments
-                )
-                plan.final_messages = prefix
-                return plan
-            await self._run_step(plan, observations, name, arguments, exclude_ids)
-
-        plan.final_messages = self._final_messages(prefix, observations)
+        system = self._system_prompt(persona, tools, cfg)
+        plan.messages = ([{"role": "system", "content": system}] if system else []) + _with_context(
+            conversation, observations
+        )
         return plan
 
+    @staticmethod
+    def _system_prompt(persona: str | None, tools: Sequence[ToolSpec], cfg: AgentConfig) -> str | None:
+        """Persona first; for templates without tool support, the Hermes tool block after it."""
+        if cfg.tools_in_template or not tools:
+            return persona
+        block = TOOLS_PROMPTED.render(tools="\n".join(json.dumps(t.openai()) for t in tools))
+        return f"{persona}\n\n{block}" if persona else block
+
+    # -- the generation ----------------------------------------------------------------------------
+
+    def _engine_body(self, plan: AgentPlan, request: dict[str, Any], round_: int) -> dict[str, Any]:
+        body = {k: v for k, v in request.items() if k not in AGENT_ONLY_FIELDS}
+        body["messages"] = plan.messages
+        body["cache_salt"] = plan.cache_salt
+        if plan.tools and (round_ < plan.max_steps or (round_ == 0 and plan.tool_choice)):
+            body["tools"] = [t.openai() for t in plan.tools]
+            body["tool_choice"] = plan.tool_choice if round_ == 0 and plan.tool_choice else "auto"
+            body["parallel_tool_calls"] = True
+        return body
+
+    async def generate(self, plan: AgentPlan, request: dict[str, Any]) -> AsyncIterator[dict[str, Any] | str]:
+        """Answer `plan` with the OpenAI body `request` (sampling fields, `stream`, ...): engine-shaped output.
+
+        Yields one dict (response or error) without `stream`, else SSE strings, as the engine does.
+        """
+        if request.get("stream"):
+            async for event in self._generate_stream(plan, request):
+                yield event
+            return
+        for round_ in range(plan.max_steps + 2):
+            result: dict[str, Any] | None = None
+            body = self._engine_body(plan, request, round_)
+            async for item in self.llm.run(body):
+                if isinstance(item, dict):
+                    result = item
+            plan.llm_calls += 1
+            if result is None or "error" in result or not result.get("choices"):
+                yield result or {"error": {"message": "engine returned no output", "type": "server_error",
+                                           "param": None, "code": 500}}  # fmt: skip
+                return
+            plan.add_usage(result.get("usage"))
+            message = result["choices"][0].get("message") or {}
+            calls = [
+                _Call(id=c.get("id", ""), name=(c.get("function") or {}).get("name", ""),
+                      arguments=(c.get("function") or {}).get("arguments", ""), index=n)
+                for n, c in enumerate(message.get("tool_calls") or [])
+            ]  # fmt: skip
+            client = [c for c in message.get("tool_calls") or [] if not self._is_builtin(plan, c)]
+            offered = "tools" in body
+            if (
+                calls
+                and offered
+                and not client
+                and await self._run_builtin_round(plan, message.get("content"), calls)
+            ):
+                continue
+            if client:
+                message["tool_calls"] = client  # built-in calls beside a client call are not the client's
+                result["choices"][0]["finish_reason"] = "tool_calls"  # also for a forced (named) call
+            elif calls:  # built-in calls past the last tool round: nothing for the client to run
+                message.pop("tool_calls")
+                result["choices"][0]["finish_reason"] = "stop"
+            result["usage"] = plan.usage()
+            yield result
+            return
+
+    async def _generate_stream(
+        self, plan: AgentPlan, request: dict[str, Any]
+    ) -> AsyncIterator[dict[str, Any] | str]:
+        """Relay the engine's chunks; built-in tool calls are held back, run, and the stream continues.
+
+        A tool call's name arrives in its first delta, so each call is known to be built-in (held back) or
+        the client's (relayed, renumbered) before any of it is sent.
+        """
+        completion_id = ""
+        usage_chunk: dict[str, Any] | None = None
+        for round_ in range(plan.max_steps + 2):
+            calls: dict[int, _Call] = {}
+            relayed: dict[int, int] = {}  # engine tool-call index -> index the client sees
+            content: list[str] = []
+            finish: dict[str, Any] | None = None
+            plan.llm_calls += 1
+            body = self._engine_body(plan, request, round_)
+            async for item in self.llm.run(body):
+                if isinstance(item, dict):  # an error before streaming began
+                    yield item
+                    return
+                out: list[str] = []
+                for event in item.split("\n\n"):
+                    if not event.startswith("data: ") or event == "data: [DONE]":
+                        continue
+                    data = json.loads(event[6:])
+                    if "error" in data:
+                        yield f"data: {json.dumps(data)}\n\n"
+                        return
+                    completion_id = completion_id or data.get("id", "")
+                    data["id"] = completion_id
+                    if not data.get("choices"):  # the closing usage chunk (stream_options.include_usage)
+                        plan.add_usage(data.get("usage"))
+                        usage_chunk = data
+                        continue
+                    choice = data["choices"][0]
+                    delta = choice.get("delta") or {}
+                    deltas = []
+                    for tc in delta.get("tool_calls") or []:
+                        call = calls.setdefault(tc.get("index", 0), _Call(index=tc.get("index", 0)))
+                        fn = tc.get("function") or {}
+                        call.id = tc.get("id") or call.id
+                        call.name = fn.get("name") or call.name
+                        call.arguments += fn.get("arguments") or ""
+                        if not self._is_builtin_name(plan, call.name):
+                            relayed.setdefault(call.index, len(relayed))
+                            deltas.append({**tc, "index": relayed[call.index]})
+                    if "tool_calls" in delta:
+                        if not deltas and not delta.get("content") and not choice.get("finish_reason"):
+                            continue
+                        delta["tool_calls"] = deltas or None
+                        if delta["tool_calls"] is None:
+                            del delta["tool_calls"]
+                    content.append(delta.get("content") or "")
+                    if (
+                        round_ > 0
+                        and delta.get("role")
+                        and not delta.get("content")
+                        and "tool_calls" not in delta
+                    ):
+                        continue  # the next round's opening role chunk: the client already has one
+                    if choice.get("finish_reason"):
+                        finish = data
+                        continue
+                    out.append(f"data: {json.dumps(data)}\n\n")
+                if out:
+                    yield "".join(out)
+            builtin = [c for c in calls.values() if self._is_builtin_name(plan, c.name)]
+            if builtin and not relayed and "tools" in body:
+                if await self._run_builtin_round(plan, "".join(content), builtin):
+                    continue
+            if finish is not None:
+                # Built-in calls only: nothing for the client to run. A client call (forced ones too): tool_calls.
+                choice = finish["choices"][0]
+                if relayed:
+                    choice["finish_reason"] = "tool_calls"
+                elif choice.get("finish_reason") == "tool_calls":
+                    choice["finish_reason"] = "stop"
+                yield f"data: {json.dumps(finish)}\n\n"
+            break
+        if usage_chunk is not None:
+            usage_chunk["usage"] = plan.usage()
+            yield f"data: {json.dumps(usage_chunk)}\n\n"
+        yield "data: [DONE]\n\n"
+
+    @staticmethod
+    def _is_builtin_name(plan: AgentPlan, name: str) -> bool:
+        return any(t.name == name and t.builtin for t in plan.tools)
+
+    def _is_builtin(self, plan: AgentPlan, call: dict[str, Any]) -> bool:
+        return self._is_builtin_name(plan, (call.get("function") or {}).get("name", ""))
+
+    async def _run_builtin_round(self, plan: AgentPlan, content: Any, calls: Sequence[_Call]) -> bool:
+        """Run the round's built-in calls and extend the prompt; False when the loop must end instead."""
+        fresh = []
+        seen = {_call_key(s.name, s.arguments) for s in plan.steps}
+        for call in calls:
+            arguments = _parse_arguments(call.arguments)
+            if _call_key(call.name, arguments) not in seen:  # small models repeat themselves
+                fresh.append((call, arguments))
+        if not fresh:
+            plan.max_steps = 0  # the next round answers without tools
+            return True
+        plan.tool_llm_calls += 1
+        results = [await self._run_step(plan, call.name, arguments) for call, arguments in fresh]
+        text = _text(content).strip()
+        if plan.tools_in_template:
+            plan.messages = [
+                *plan.messages,
+                {"role": "assistant", "content": text or None, "tool_calls": [
+                    {"id": call.id or f"call_{n}", "type": "function",
+                     "function": {"name": call.name, "arguments": json.dumps(arguments)}}
+                    for n, (call, arguments) in enumerate(fresh)]},
+                *({"role": "tool", "tool_call_id": call.id or f"call_{n}", "content": quote_data(r, "tool_result")}
+                  for n, ((call, _), r) in enumerate(zip(fresh, results, strict=True))),
+            ]  # fmt: skip
+        else:
+            said = "\n".join(
+                [text, *(tool_call_text(call.name, arguments) for call, arguments in fresh)]
+            ).strip()
+            plan.messages = [
+                *plan.messages,
+                {"role": "assistant", "content": said},
+                {"role": "user", "content": TOOL_CONTEXT.render(observations=_quoted(results))},
+            ]
+        return True
+
     async def _run_step(
-        self,
-        plan: AgentPlan,
-        observations: list[str],
-        name: str,
-        arguments: dict[str, Any],
-        exclude_ids: Sequence[int],
-        auto: bool = False,
-    ) -> None:
-        """Run a built-in tool; record it in the trace (clipped) and as an observation for the prompt."""
+        self, plan: AgentPlan, name: str, arguments: dict[str, Any], auto: bool = False
+    ) -> str:
+        """Run a built-in tool; record it in the trace (clipped); return its result for the prompt."""
         cfg = self.config
-        step, full = await self._run_builtin(plan.user_id, name, arguments, exclude_ids)
+        step, full = await self._run_builtin(plan.user_id, name, arguments, plan.exclude_ids)
         step.auto = auto
         step.result = _clip(full, cfg.trace_result_chars)
         plan.steps.append(step)
         label = name if auto else f"{name}({json.dumps(arguments)})"
-        observations.append(f"{label}:\n{_clip(full, cfg.observation_chars)}")
-
-    def _final_messages(self, prefix: list[dict[str, str]], observations: list[str]) -> list[dict[str, Any]]:
-        if not observations:
-            return [dict(m) for m in prefix]
-        context = TOOL_CONTEXT.render(observations="\n\n".join(f'"""\n{o}\n"""' for o in observations))
-        out = [dict(m) for m in prefix]
-        # Tool results go after the byte-stable persona and the conversation: the persona prefix stays cached.
-        for i in range(len(out) - 1, -1, -1):
-            if out[i]["role"] == "user":
-                out[i] = {"role": "user", "content": f"{out[i]['content']}\n\n{context}"}
-                return out
-        out.append({"role": "user", "content": context})
-        return out
-
-    async def _decide(
-        self,
-        plan: AgentPlan,
-        prefix: list[dict[str, str]],
-        tools: list[ToolSpec],
-        observations: list[str],
-        priority: int,
-        allow_answer: bool = True,
-    ) -> tuple[str, dict[str, Any]] | None:
-        """One structured decision; a step that fails to parse is retried once, then the agent answers."""
-        tool_lines = "\n".join(
-            f"- {t.name}: {t.description}; arguments: {json.dumps(t.parameters.get('properties', {}))}"
-            for t in tools
-        )
-        prompt = ACTION_STEP.render(
-            tools=tool_lines,
-            observations="\n".join(f"- {_clip(o, 300)}" for o in observations) or "- none yet",
-        )
-        messages = [*prefix, {"role": "user", "content": prompt}]
-        for attempt in range(2):
-            strict = attempt == 0
-            try:
-                result = await self.llm.chat(
-                    messages,
-                    max_tokens=self.config.step_max_tokens,
-                    temperature=0.0,
-                    json_schema=self.action_schema(tools, strict=strict, allow_answer=allow_answer),
-                    cache_salt=cache_salt_for(plan.user_id),
-                    priority=priority,
-                )
-            except LLMError as exc:
-                if exc.status >= 500:
-                    raise
-                logger.info("action step rejected by the engine (%s); retrying with a looser schema", exc)
-                plan.fallbacks += 1
-                continue
-            plan.llm_calls += 1
-            plan.prompt_tokens += result.prompt_tokens
-            plan.completion_tokens += result.completion_tokens
-            parsed = self._parse_decision(result.text, tools)
-            if parsed is not None:
-                return parsed
-            plan.fallbacks += 1
-        return None
-
-    @staticmethod
-    def _parse_decision(text: str, tools: list[ToolSpec]) -> tuple[str, dict[str, Any]] | None:
-        try:
-            data = json.loads(text)
-        except (json.JSONDecodeError, TypeError):
-            return None
-        if not isinstance(data, dict):
-            return None
-        action = data.get("action")
-        if action == ANSWER:
-            return ANSWER, {}
-        spec = next((t for t in tools if t.name == action), None)
-        arguments = data.get("arguments", {})
-        if spec is None or not isinstance(arguments, dict):
-            return None
-        try:
-            jsonschema.validate(arguments, spec.parameters)
-        except (jsonschema.ValidationError, jsonschema.SchemaError):
-            return None
-        return spec.name, arguments
+        return f"{label}:\n{_clip(full, cfg.observation_chars)}"
 
     async def _run_builtin(
         self, user_id: str, name: str, arguments: dict[str, Any], exclude_ids: Sequence[int]
@@ -411,29 +578,22 @@ class PersonaAgent:
                 docs = await self.memory.search_documents(str(arguments["query"]), cfg.document_k)
                 full = "\n".join(f"- [{d.source}] {d.text.strip()}" for d in docs) or "(no documents found)"
         except Exception as exc:
-            step.error = f"{type(exc).__name__}: {exc}"
+            step.error = type(exc).__name__
+            logger.warning("tool %s failed for a request: %s", name, exc)
             full = f"(tool failed: {step.error})"
         return step, full
 
     async def answer(
-        self,
-        plan: AgentPlan,
-        *,
-        max_tokens: int = 256,
-        choice: list[str] | None = None,
-        priority: int = 0,
-        temperature: float = 0.0,
+        self, plan: AgentPlan, *, max_tokens: int = 256, priority: int = 0, temperature: float = 0.0
     ) -> str:
-        """Non-streaming final answer (alignment and evaluation use this; chat streams through the engine)."""
-        result = await self.llm.chat(
-            plan.final_messages,
-            max_tokens=max_tokens,
-            temperature=temperature,
-            choice=choice,
-            cache_salt=cache_salt_for(plan.user_id),
-            priority=priority,
+        """Non-streaming final text (alignment and evaluation use this; chat streams through `generate`)."""
+        request = {"max_tokens": max_tokens, "temperature": temperature} | (
+            {"priority": priority} if priority else {}
         )
-        plan.llm_calls += 1
-        plan.prompt_tokens += result.prompt_tokens
-        plan.completion_tokens += result.completion_tokens
-        return result.text.strip()
+        result: dict[str, Any] | None = None
+        async for item in self.generate(plan, request):
+            result = item if isinstance(item, dict) else None
+        if result is None or "error" in result:
+            err = (result or {}).get("error") or {}
+            raise RuntimeError(f"engine error: {err.get('message', 'no output')}")
+        return (result["choices"][0]["message"].get("content") or "").strip()

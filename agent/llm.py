@@ -38,6 +38,10 @@ class LLM:
         self._runner = runner
         self.model = model
 
+    def run(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any] | str]:
+        """A raw request: one dict (response or error) or, with `stream`, vLLM's SSE strings."""
+        return self._runner.chat({"model": self.model, **body})
+
     async def chat(
         self,
         messages: list[dict[str, Any]],

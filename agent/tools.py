@@ -21,6 +21,13 @@ class ToolSpec(BaseModel):
     parameters: dict[str, Any]
     builtin: bool = True
 
+    def openai(self) -> dict[str, Any]:
+        """The OpenAI `tools` entry the engine gets (and the prompted tool block lists)."""
+        return {
+            "type": "function",
+            "function": {"name": self.name, "description": self.description, "parameters": self.parameters},
+        }
+
 
 BUILTIN_TOOLS = (
     ToolSpec(
@@ -32,7 +39,6 @@ BUILTIN_TOOLS = (
     ),
 )
 BUILTIN_NAMES = frozenset(t.name for t in BUILTIN_TOOLS)
-ANSWER = "answer"
 
 
 def client_tool_specs(tools: list[dict[str, Any]] | None) -> list[ToolSpec]:
@@ -41,7 +47,7 @@ def client_tool_specs(tools: list[dict[str, Any]] | None) -> list[ToolSpec]:
     for tool in tools or []:
         fn = tool.get("function") or {}
         name = fn.get("name")
-        if tool.get("type", "function") != "function" or not name or name in BUILTIN_NAMES or name == ANSWER:
+        if tool.get("type", "function") != "function" or not name or name in BUILTIN_NAMES:
             continue
         params = fn.get("parameters") or {"type": "object", "properties": {}}
         specs.append(

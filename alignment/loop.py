@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, Field
 
-from agent.core import PersonaAgent, cache_salt_for
+from agent.core import PersonaAgent
 from agent.llm import LLM
 from agent.persona import bound_persona
 from agent.prompts import ALIGN_FEEDBACK, ALIGN_JUDGE, ALIGN_UPDATE
@@ -101,12 +101,11 @@ async def simulate(
     """The agent's answers to the batch under `persona`, each item left out of its own retrieval."""
 
     async def one(item: Interaction) -> str:
-        plan = await agent.plan(
+        plan = await agent.prepare(
             user_id,
             [{"role": "user", "content": item.input}],
             exclude_ids=[item.id],
             persona_override=persona,
-            priority=cfg.priority,
         )
         answer = await agent.answer(plan, max_tokens=cfg.answer_max_tokens, priority=cfg.priority)
         meter.prompt_tokens += plan.prompt_tokens
@@ -180,7 +179,7 @@ async def align_user(
 ) -> AlignmentOutcome:
     """One alignment of one user. Pure computation: returns the outcome, stores nothing."""
     started = time.monotonic()
-    meter = TokenMeter(agent.llm, cache_salt_for(user_id))
+    meter = TokenMeter(agent.llm, agent.salts.user(user_id))
     items = await memory.ground_truth(user_id, cfg.n)
     outcome = AlignmentOutcome(
         user_id=user_id, base_version=base_version, accepted=False, interactions=[i.id for i in items]

@@ -12,9 +12,10 @@ from typing import Any
 
 import ray
 
-from agent.core import AgentConfig, PersonaAgent, cache_salt_for
+from agent.core import AgentConfig, PersonaAgent
 from agent.llm import LLM
 from alignment.loop import AlignmentConfig, AlignmentOutcome, align_user
+from personaagent.salts import cache_salts
 from personaagent.settings import Settings
 from serving.agent_backend import HandleAgentMemory
 from serving.backend import EngineHandleBackend
@@ -45,7 +46,8 @@ class AlignmentWorker:
         self.runner = CappedRunner(EngineHandleBackend(engine_handle), settings.alignment.max_inflight_calls)
         llm = LLM(self.runner, settings.engine.served_model_name)
         self.memory = HandleAgentMemory(memory_handle)
-        self.agent = PersonaAgent(llm, self.memory, AgentConfig.from_settings(settings.agent))
+        config = AgentConfig.from_settings(settings.agent, settings.engine.tools_in_template)
+        self.agent = PersonaAgent(llm, self.memory, cache_salts(settings), config)
         a = settings.alignment
         self.cfg = AlignmentConfig(
             n=a.n, iterations=a.iterations, gate=a.gate, answer_max_tokens=a.answer_max_tokens,
@@ -55,7 +57,7 @@ class AlignmentWorker:
     async def align(
         self, user_id: str, persona: str, base_version: int, fail_after_calls: int | None = None
     ) -> AlignmentOutcome:
-        salt = cache_salt_for(user_id)
+        salt = self.agent.salts.user(user_id)
         if fail_after_calls is not None:
             self.runner.fail_after[salt] = fail_after_calls
         try:

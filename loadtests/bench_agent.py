@@ -1,14 +1,17 @@
-"""Personalized serving benchmark: 50 users with ~1k-token personas, cycling, vs plain vLLM, in one run.
+"""What personalization costs a user: personalized vs plain chat, side by side, in one run.
 
-Phases (our stack runs with `agent.trace_final_prompt` on, so each reply carries its final prompt):
-  1. personalized: requests with `user` set (persona, memory, tool steps, final answer, write-back);
-     we record each final prompt and the engine's prefix-cache counters.
-  2. the same final prompts, sent without `user` to our endpoint and to a plain vLLM server on the same
-     model (both with the user's `cache_salt`), alternating -- the serving overhead at equal prompts.
-Reported: throughput and TTFT ratios for equal final prompts, the personalized end-to-end numbers with
-the tool steps' extra LLM calls, and the persona prefix-cache hit rate in steady state (pass >= 2).
+Three kinds of streamed request on one stack, interleaved so the machine's noise hits all of them alike:
+  personalized   the question with `user` set (persona, priming search, tools offered, write-back);
+  plain          the same question without `user` (what a user compares against);
+  floor          a plain request carrying the personalized request's own final prompt (what the personal
+                 context itself costs to prefill; the agent's overhead is personalized / floor).
+Users are warm (history imported, persona made, one chat done). Every request generates exactly
+`--max-tokens` tokens (`ignore_eos`), so whole-answer times compare equal work. Printed: TTFT p50 and
+whole-answer p50 ratios at concurrency 1 and `--concurrency`, LLM calls per personalized request, and the
+persona-token cache hit rate (share of persona tokens served from the prefix cache).
 
-    .venv/bin/python -m loadtests.bench_agent --users 50 --requests 150
+    .venv/bin/python -m loadtests.bench_agent                      # SmolLM2 (default config)
+    .venv/bin/python -m loadtests.bench_agent --config configs/cpu-qwen1.5b.yaml --users 4 --rounds 2
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import re
+import random
 import statistics
 import tempfile
 import time
@@ -27,7 +30,7 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
-from loadtests.servers import ServerProcess, start_our_stack, start_plain_vllm
+from loadtests.servers import start_our_stack
 from personaagent.settings import load_settings
 
 TOPICS = [
@@ -42,75 +45,81 @@ TOPICS = [
     "history",
     "science",
 ]
+KINDS = ("personalized", "plain", "floor")
 
 
-def persona_for(n: int, target_words: int = 650) -> str:
-    """A distinct ~1k-token persona per user (rules vary by user, so no two share a prefix)."""
-    rules = []
-    i = 0
-    while sum(len(r.split()) for r in rules) < target_words:
-        topic = TOPICS[(n + i) % len(TOPICS)]
-        rules.append(f"Rule {i + 1} for user {n}: when the request is about {topic}, prefer concrete, short examples "
-                     f"that match this user's taste number {(n * 31 + i * 7) % 97}, and mention at most two options.")  # fmt: skip
-        i += 1
-    return "You are a helpful personalized assistant.\n" + "\n".join(rules)
+def history_for(n: int) -> list[dict[str, str]]:
+    """Ten past interactions of user n, around two favourite topics (what memory search retrieves)."""
+    likes = [TOPICS[n % len(TOPICS)], TOPICS[(n + 3) % len(TOPICS)]]
+    return [
+        {
+            "input": f"Recommend something about {likes[i % 2]} (request {i}).",
+            "output": f"{likes[i % 2]} pick {i}: rated 5",
+        }
+        for i in range(10)
+    ]
 
 
-def prefix_counters(text: str) -> tuple[float, float]:
-    def get(name: str) -> float:
-        m = re.search(rf"^vllm:{name}\{{[^}}]*\}} ([0-9.e+]+)$", text, re.M)
-        return float(m.group(1)) if m else 0.0
-
-    return get("prefix_cache_hits_total"), get("prefix_cache_queries_total")
-
-
-async def stream_one(client: httpx.AsyncClient, url: str, body: dict[str, Any]) -> dict[str, Any]:
+async def stream_one(client: httpx.AsyncClient, body: dict[str, Any]) -> dict[str, Any]:
+    """One streamed chat: TTFT (first content), whole answer (until [DONE]), usage, the agent's trace."""
     started = time.perf_counter()
     ttft = None
-    trace = None
-    tokens = prompt_tokens = cached_tokens = 0
-    async with client.stream("POST", url, json=body) as resp:
+    first_trace: dict[str, Any] | None = None
+    last_trace: dict[str, Any] | None = None
+    usage: dict[str, Any] = {}
+    async with client.stream("POST", "/v1/chat/completions", json=body) as resp:
         resp.raise_for_status()
         async for line in resp.aiter_lines():
             if not line.startswith("data: ") or line == "data: [DONE]":
                 continue
             data = json.loads(line[6:])
-            trace = trace or data.get("persona_agent")
-            if usage := data.get("usage"):
-                tokens, prompt_tokens = usage["completion_tokens"], usage["prompt_tokens"]
-                cached_tokens = (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
+            if "persona_agent" in data:
+                first_trace = first_trace or data["persona_agent"]
+                last_trace = data["persona_agent"]
+            usage = data.get("usage") or usage
             if ttft is None and any((c.get("delta") or {}).get("content") for c in data.get("choices") or []):
                 ttft = time.perf_counter() - started
+    whole = time.perf_counter() - started
     return {
-        "ttft": ttft or (time.perf_counter() - started),
-        "latency": time.perf_counter() - started,
-        "tokens": tokens,
-        "prompt_tokens": prompt_tokens,
-        "cached_tokens": cached_tokens,
-        "trace": trace,
+        "ttft": ttft or whole,
+        "whole": whole,
+        "usage": usage,
+        "first_trace": first_trace,
+        "trace": last_trace,
     }
 
 
-async def run_load(base_url: str, bodies: list[dict[str, Any]], concurrency: int) -> dict[str, Any]:
+def bodies_for(
+    model: str, user: str, question: str, max_tokens: int, final_messages: Any
+) -> dict[str, dict[str, Any]]:
+    common = {"model": model, "stream": True, "max_tokens": max_tokens, "temperature": 0.0, "ignore_eos": True,
+              "stream_options": {"include_usage": True}}  # fmt: skip
+    ask = [{"role": "user", "content": question}]
+    return {
+        "personalized": common | {"user": user, "messages": ask},
+        "plain": common | {"messages": ask},
+        "floor": common | {"messages": final_messages},
+    }
+
+
+async def run_phase(
+    base_url: str, jobs: list[tuple[str, dict[str, Any]]], concurrency: int
+) -> dict[str, list[dict[str, Any]]]:
+    """Run (kind, body) jobs in the given order, `concurrency` at a time; results by kind."""
     sem = asyncio.Semaphore(concurrency)
-    results: list[dict[str, Any]] = []
-    async with httpx.AsyncClient(timeout=600) as client:
+    out: dict[str, list[dict[str, Any]]] = {k: [] for k in KINDS}
+    async with httpx.AsyncClient(base_url=base_url, timeout=600) as client:
 
-        async def one(body: dict[str, Any]) -> None:
+        async def one(kind: str, body: dict[str, Any]) -> None:
             async with sem:
-                results.append(await stream_one(client, f"{base_url}/v1/chat/completions", body))
+                out[kind].append(await stream_one(client, body))
 
-        started = time.perf_counter()
-        await asyncio.gather(*(one(b) for b in bodies))
-        wall = time.perf_counter() - started
-    ttfts = sorted(r["ttft"] * 1000 for r in results)
-    return {
-        "req_s": len(results) / wall,
-        "out_tok_s": sum(r["tokens"] for r in results) / wall,
-        "ttft_p50_ms": statistics.median(ttfts),
-        "ttft_p99_ms": ttfts[min(len(ttfts) - 1, int(0.99 * len(ttfts)))],
-        "results": results,
-    }
+        await asyncio.gather(*(one(k, b) for k, b in jobs))
+    return out
+
+
+def p50_ms(results: list[dict[str, Any]], key: str) -> float:
+    return statistics.median(r[key] for r in results) * 1000
 
 
 def main() -> None:
@@ -118,105 +127,116 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--config", default=None)
-    parser.add_argument("--users", type=int, default=50)
-    parser.add_argument("--requests", type=int, default=150, help="personalized requests (users cycle)")
+    parser.add_argument("--users", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=4, help="questions per user (each asked three ways)")
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--max-tokens", type=int, default=32)
-    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds of the equal-prompt phase")
+    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("loadtests/results/bench_agent.json"))
     args = parser.parse_args()
     console = Console()
+    rng = random.Random(args.seed)
     settings = load_settings(args.config)
     model = settings.engine.served_model_name
     workdir = Path(tempfile.mkdtemp(prefix="pa-bench-agent-"))
-    ours = start_our_stack(
-        settings, workdir / "logs", workdir / "data", {"PERSONAAGENT_AGENT__TRACE_FINAL_PROMPT": "true"}
-    )
-    plain: ServerProcess | None = None
+    env = {
+        "PERSONAAGENT_AGENT__TRACE_FINAL_PROMPT": "true",
+        "PERSONAAGENT_ALIGNMENT__SCHEDULE_ON_IMPORT": "false",
+    }
+    if args.config:
+        env["PERSONAAGENT_CONFIG"] = str(args.config)
+    ours = start_our_stack(settings, workdir / "logs", workdir / "data", env)
+    users = [f"bench-{i:02d}@example.com" for i in range(args.users)]
+    questions = {
+        u: [
+            f"What should I try next about {TOPICS[(n + r) % len(TOPICS)]}? (question {r})"
+            for r in range(args.rounds)
+        ]
+        for n, u in enumerate(users)
+    }
+    results: dict[str, dict[str, list[dict[str, Any]]]] = {}
     try:
-        with console.status("starting our stack"):
-            ours.wait_ready()
-        plain = start_plain_vllm(settings, workdir / "logs")
-        users = [f"bench-{i:03d}" for i in range(args.users)]
+        with console.status("starting the stack"):
+            ready_s = ours.wait_ready()
+        console.print(f"stack ready in {ready_s:.0f} s")
         with (
-            httpx.Client(base_url=ours.base_url, timeout=120) as http,
-            console.status("creating users and personas"),
+            httpx.Client(base_url=ours.base_url, timeout=600) as http,
+            console.status("users: history, persona, one chat"),
         ):
             for n, user in enumerate(users):
-                topic = TOPICS[n % len(TOPICS)]
-                http.post(
-                    f"/v1/users/{user}/interactions",
-                    json=[{"input": f"I loved a book about {topic}", "output": "5"}],
-                ).raise_for_status()
-                http.put(f"/v1/users/{user}/persona", json={"text": persona_for(n)}).raise_for_status()
-        with console.status("starting plain vLLM"):
-            plain.wait_ready()
+                http.post(f"/v1/users/{user}/interactions", json=history_for(n)).raise_for_status()
+                http.post("/v1/chat/completions", json={"model": model, "user": user, "max_tokens": 4,
+                          "messages": [{"role": "user", "content": "Hello!"}]}).raise_for_status()  # fmt: skip
 
-        bodies = [
-            {"model": model, "user": users[i % len(users)], "stream": True, "max_tokens": args.max_tokens,
-             "temperature": 0.0, "stream_options": {"include_usage": True},
-             "messages": [{"role": "user", "content": f"Suggest something about {TOPICS[i % len(TOPICS)]} for tonight ({i})."}]}
-            for i in range(args.requests)
-        ]  # fmt: skip
-        # Phase 1: personalized. First pass warms each user's persona; steady state is measured after it.
-        warm, steady = bodies[: len(users)], bodies[len(users) :]
-        console.print(f"phase 1: {len(warm)} warm-up + {len(steady)} steady-state personalized requests")
-        asyncio.run(run_load(ours.base_url, warm, args.concurrency))
-        hits0, queries0 = prefix_counters(httpx.get(f"{ours.base_url}/metrics").text)
-        personalized = asyncio.run(run_load(ours.base_url, steady, args.concurrency))
-        hits1, queries1 = prefix_counters(httpx.get(f"{ours.base_url}/metrics").text)
-        traces = [r["trace"] for r in personalized["results"] if r["trace"]]
-        persona_tokens = statistics.median(t["persona_tokens"] for t in traces)
-        llm_calls = sum(t["tool_llm_calls"] + 1 for t in traces)
-        persona_hit = min(1.0, (hits1 - hits0) / max(1.0, llm_calls * persona_tokens))
+        # Concurrency 1: per question, the personalized request first (its final prompt is the floor's),
+        # then plain and floor in random order. Salts differ, so no request warms another's cache; the
+        # floor's persona blocks are warmed once per user beforehand, as the user's own are.
+        async def sequential() -> dict[str, list[dict[str, Any]]]:
+            out: dict[str, list[dict[str, Any]]] = {k: [] for k in KINDS}
+            jobs: list[tuple[str, dict[str, Any]]] = []
+            async with httpx.AsyncClient(base_url=ours.base_url, timeout=600) as client:
+                for user in users:  # warm the floor's persona prefix
+                    warm = await stream_one(
+                        client, bodies_for(model, user, "Hello again!", 4, None)["personalized"]
+                    )
+                    await stream_one(
+                        client, bodies_for(model, user, "", 4, warm["first_trace"]["final_messages"])["floor"]
+                    )
+                order = [(u, q) for r in range(args.rounds) for u in users for q in [questions[u][r]]]
+                for n, (user, question) in enumerate(order):
+                    mine = await stream_one(
+                        client, bodies_for(model, user, question, args.max_tokens, None)["personalized"]
+                    )
+                    out["personalized"].append(mine)
+                    bodies = bodies_for(
+                        model, user, question, args.max_tokens, mine["first_trace"]["final_messages"]
+                    )
+                    others = ["plain", "floor"]
+                    rng.shuffle(others)
+                    for kind in others:
+                        out[kind].append(await stream_one(client, bodies[kind]))
+                        jobs.append((kind, bodies[kind]))
+                    jobs.append(("personalized", bodies["personalized"]))
+                    console.print(f"  concurrency 1: {n + 1}/{len(order)}", end="\r")
+            console.print()
+            results["jobs"] = jobs  # type: ignore[assignment]
+            return out
 
-        # Phase 2: the same final prompts, no agent, ours vs plain, alternating rounds.
-        finals = [
-            {"model": model, "stream": True, "max_tokens": args.max_tokens, "temperature": 0.0,
-             "stream_options": {"include_usage": True}, "messages": t["final_messages"], "cache_salt": f"user:{t['user']}"}
-            for t in traces
-        ]  # fmt: skip
-        equal: dict[str, list[dict[str, Any]]] = {"plain": [], "ours": []}
-        # Plain vLLM has never seen these prompts: one unmeasured pass gives it the same warm prefix cache.
-        asyncio.run(run_load(plain.base_url, finals, args.concurrency))
-        for _ in range(args.rounds):
-            for label, server in (("plain", plain), ("ours", ours)):
-                res = asyncio.run(run_load(server.base_url, finals, args.concurrency))
-                res.pop("results")
-                equal[label].append(res)
-                console.print(f"{label}: {res['req_s']:.2f} req/s, TTFT p50 {res['ttft_p50_ms']:.0f} ms")
+        results["c1"] = asyncio.run(sequential())
+        jobs: list[tuple[str, dict[str, Any]]] = results.pop("jobs")  # type: ignore[assignment]
+        rng.shuffle(jobs)
+        with console.status(f"concurrency {args.concurrency}: {len(jobs)} requests, kinds mixed"):
+            results[f"c{args.concurrency}"] = asyncio.run(run_phase(ours.base_url, jobs, args.concurrency))
     finally:
         ours.stop()
-        if plain is not None:
-            plain.stop()
 
-    def med(label: str, key: str) -> float:
-        return statistics.median(r[key] for r in equal[label])
-
-    table = Table(
-        title=f"Personalized serving: {args.users} users, ~{persona_tokens:.0f}-token personas, concurrency {args.concurrency}"
-    )
-    for col in ("measure", "plain vLLM", "ours", "ratio ours/plain"):
+    table = Table(title=f"Personalization cost: {model}, {args.users} warm users x {args.rounds} questions, "
+                        f"{args.max_tokens} tokens per answer")  # fmt: skip
+    for col in ("measure", *(f"{k} p50 ms" for k in KINDS), "pers./plain", "pers./floor"):
         table.add_column(col, justify="right")
-    for key, label in (("req_s", "req/s, same final prompts"), ("out_tok_s", "output tok/s, same final prompts"),
-                       ("ttft_p50_ms", "TTFT p50 ms, same final prompts"), ("ttft_p99_ms", "TTFT p99 ms, same final prompts")):  # fmt: skip
-        p, o = med("plain", key), med("ours", key)
-        table.add_row(label, f"{p:.2f}", f"{o:.2f}", f"{o / p:.3f}")
-    table.add_row("personalized end to end: req/s", "", f"{personalized['req_s']:.2f}", "")
-    table.add_row("personalized end to end: TTFT p50 ms", "", f"{personalized['ttft_p50_ms']:.0f}", "")
-    table.add_row("LLM calls per personalized request", "", f"{llm_calls / len(traces):.2f}", "")
-    table.add_row("persona tokens hit (steady state)", "", f"{persona_hit:.1%}", "")
-    table.add_row(
-        "prefix-cache hit rate, all tokens (steady state)",
-        "",
-        f"{(hits1 - hits0) / max(1, queries1 - queries0):.1%}",
-        "",
-    )
+    summary: dict[str, Any] = {"model": model, "users": args.users, "rounds": args.rounds, "ready_s": ready_s}
+    for phase, by_kind in results.items():
+        for key, label in (("ttft", "TTFT"), ("whole", "whole answer")):
+            p = {k: p50_ms(by_kind[k], key) for k in KINDS}
+            ratios = (p["personalized"] / p["plain"], p["personalized"] / p["floor"])
+            table.add_row(f"{label}, concurrency {phase[1:]}", *(f"{p[k]:.0f}" for k in KINDS),
+                          f"{ratios[0]:.2f}x", f"{ratios[1]:.2f}x")  # fmt: skip
+            summary[f"{phase}_{key}"] = p | {
+                "personalized_over_plain": ratios[0],
+                "personalized_over_floor": ratios[1],
+            }
+    personalized = [r for by_kind in results.values() for r in by_kind["personalized"]]
+    calls = [r["trace"]["llm_calls"] for r in personalized]
+    persona = [(r["trace"]["persona_tokens"], r["usage"].get("prompt_tokens_details", {}).get("cached_tokens") or 0)
+               for r in personalized]  # fmt: skip
+    hit = sum(min(c, p) for p, c in persona) / sum(p for p, _ in persona)
+    summary |= {"llm_calls_per_request": statistics.mean(calls), "persona_token_hit_rate": hit}
+    table.add_row("LLM calls per personalized request", f"{statistics.mean(calls):.2f}", "", "", "", "")
+    table.add_row("persona tokens served from the cache", f"{hit:.1%}", "", "", "", "")
     console.print(table)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    summary = {"equal_prompts": equal, "personalized": {k: v for k, v in personalized.items() if k != "results"},
-               "persona_tokens": persona_tokens, "persona_hit": persona_hit, "llm_calls_per_request": llm_calls / len(traces)}  # fmt: skip
     args.out.write_text(json.dumps(summary, indent=2))
+    console.print(f"written: {args.out}")
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import secrets
 import statistics
 import tempfile
 import time
@@ -36,6 +37,7 @@ from alignment.loop import AlignmentConfig, align_user
 from loadtests.servers import start_our_stack
 from memory.documents import DocumentHit
 from memory.records import Interaction, MemoryHit, PersonaVersion
+from personaagent.salts import CacheSalts
 from personaagent.settings import load_settings
 
 LABELS = ["romance", "violence", "comedy", "horror"]
@@ -134,7 +136,11 @@ async def run_sequential(
     async with httpx.AsyncClient(base_url=base_url, timeout=600) as client:
         memory = HttpMemory(client)
         runner = HttpRunner(client)
-        agent = PersonaAgent(LLM(runner, model), memory, AgentConfig(max_steps=settings.agent.max_steps))
+        # Over the public API the server replaces any salt with the key's own: a throwaway secret will do.
+        salts = CacheSalts(secrets.token_hex(16))
+        agent = PersonaAgent(
+            LLM(runner, model), memory, salts, AgentConfig(max_steps=settings.agent.max_steps)
+        )
         cfg = AlignmentConfig(
             n=settings.alignment.n, iterations=settings.alignment.iterations, gate=settings.alignment.gate
         )

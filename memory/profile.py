@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from agent.llm import LLM
 from agent.prompts import PROFILE_SUMMARY
@@ -25,8 +25,17 @@ def format_interactions(items: Sequence[Interaction], max_chars: int) -> str:
 
 
 class ProfileWriter:
-    def __init__(self, llm: LLM, *, max_words: int = 80, max_input_chars: int = 4000, max_tokens: int = 160):
+    def __init__(
+        self,
+        llm: LLM,
+        salt_for: Callable[[str], str],
+        *,
+        max_words: int = 80,
+        max_input_chars: int = 4000,
+        max_tokens: int = 160,
+    ):
         self.llm = llm
+        self.salt_for = salt_for
         self.max_words = max_words
         self.max_input_chars = max_input_chars
         self.max_tokens = max_tokens
@@ -40,7 +49,7 @@ class ProfileWriter:
             [{"role": "user", "content": prompt}],
             max_tokens=self.max_tokens,
             temperature=0.0,
-            cache_salt=user_id,
+            cache_salt=self.salt_for(user_id),
             priority=1,  # background work yields to chat (lower value runs first)
         )
         return result.text.strip()

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -66,6 +66,16 @@ class EngineSettings(BaseModel):
         "Ray Serve LLM's PrefixCacheAffinityRouter, or the consistent-hash router keyed on the user",
     )
     request_router_kwargs: dict[str, Any] = Field(default_factory=dict)
+    tool_call_parser: str = Field(
+        "hermes",
+        description="vLLM tool parser of the model family (`hermes` for Qwen2.5-style <tool_call>, `mistral` "
+        "for Mistral-Small); calls are checked by vLLM's structural tag (`--tool-strict-level parameter`)",
+    )
+    tools_in_template: bool = Field(
+        False,
+        description="the model's chat template renders `tools` (Qwen2.5, Mistral-Small); false (SmolLM2): "
+        "the agent writes the Hermes tool block into the system prompt itself",
+    )
     extra_engine_args: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -117,10 +127,11 @@ class MemorySettings(BaseModel):
 class AgentSettings(BaseModel):
     """PersonaAgent core: persona and the action module."""
 
-    max_steps: int = Field(3, ge=0, le=10, description="tool steps per request before answering")
+    max_steps: int = Field(
+        3, ge=0, le=10, description="generation rounds per request that may run a built-in tool"
+    )
     memory_k: int = Field(4, ge=1, le=50)
     document_k: int = Field(3, ge=1, le=20)
-    step_max_tokens: int = Field(96, ge=16)
     max_persona_chars: int = Field(6000, ge=200)
     max_documents_per_load: int = Field(10_000, ge=1)
     write_back: bool = True
@@ -169,6 +180,12 @@ class APIKeySetting(BaseModel):
 class AuthSettings(BaseModel):
     api_keys: list[APIKeySetting] = Field(default_factory=list, description="none: open, loopback only")
     metrics_open: bool = Field(True, description="false: /metrics needs a key too")
+    cache_salt_secret: SecretStr | None = Field(
+        None,
+        min_length=16,
+        description="HMAC key of every vLLM cache salt (personaagent.salts); unset: generated once into "
+        "data_dir/cache_salt.key (mode 0600). Keep it secret: whoever knows it can derive any user's salt.",
+    )
 
 
 class RaySettings(BaseModel):

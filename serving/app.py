@@ -8,6 +8,7 @@ from typing import Any
 from ray.serve import Application
 from ray.serve.config import AutoscalingConfig, RequestRouterConfig
 
+from personaagent.salts import with_salt_secret
 from personaagent.settings import REQUEST_ROUTER_CLASSES, Settings, load_settings
 from serving.deployments.alignment import AlignmentDeployment
 from serving.deployments.engine import EngineDeployment
@@ -47,6 +48,8 @@ def data_actor_options(settings: Settings, num_cpus: float) -> dict[str, Any]:
 
 
 def build_app(settings: Settings) -> Application:
+    # Resolved once here: every replica (on any node) derives the same salts from the same secret.
+    settings = with_salt_secret(settings)
     engine = EngineDeployment.options(
         **engine_scaling_options(settings),
         ray_actor_options=engine_actor_options(settings),

@@ -48,6 +48,11 @@ def build_engine_cli_args(settings: Settings, model_path: str) -> list[str]:
         "--generation-config", "vllm",
         # usage.prompt_tokens_details.cached_tokens, as OpenAI reports it: clients see their cache hits.
         "--enable-prompt-tokens-details",
+        # The agent offers its tools inside the answering generation: the model family's parser finds the
+        # calls (also while streaming) and vLLM's structural tag keeps each call to a known tool's schema.
+        "--enable-auto-tool-choice",
+        "--tool-call-parser", engine.tool_call_parser,
+        "--tool-strict-level", "parameter",
     ]  # fmt: skip
     if engine.device == "gpu":
         args += ["--gpu-memory-utilization", str(engine.gpu_memory_utilization)]

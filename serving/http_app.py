@@ -13,9 +13,10 @@ from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
 
+from personaagent.salts import CacheSalts
 from personaagent.settings import Settings
 from serving.alignment_routes import build_alignment_router
-from serving.auth import Authenticator, require_admin, require_user
+from serving.auth import Authenticator, principal_of, require_admin, require_user
 from serving.backend import ChatBackend
 from serving.backpressure import InflightLimiter
 from serving.errors import (
@@ -69,6 +70,7 @@ def _route_label(request: Request) -> str:
 def build_http_app(
     backend: ChatBackend,
     settings: Settings,
+    salts: CacheSalts,
     memory: Any | None = None,
     personalized: PersonalizedChat | None = None,
     alignment: Any | None = None,
@@ -194,6 +196,12 @@ def build_http_app(
                 # Answer as vLLM would, before the agent spends LLM calls on a request that cannot finish.
                 raise APIError(404, f"The model `{model}` does not exist.", param="model")
             return await personalized.handle(body)
+        # A client never picks its cache salt: a guessed salt would share (and, through cached_tokens, reveal)
+        # another tenant's prompt. Plain requests share the cache within their API key only.
+        principal = principal_of(raw_request)
+        body.pop("cache_salt", None)
+        if principal is not None:
+            body["cache_salt"] = salts.api_key(principal.name)
         return await relay_chat(backend.chat(body))
 
     if memory is not None:

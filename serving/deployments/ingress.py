@@ -9,6 +9,7 @@ from ray import serve
 
 from agent.core import AgentConfig, PersonaAgent
 from agent.llm import LLM
+from personaagent.salts import cache_salts
 from personaagent.settings import Settings
 from serving.agent_backend import HandleAgentMemory
 from serving.backend import EngineHandleBackend
@@ -28,10 +29,13 @@ class IngressDeployment:
     def __serve_build_asgi_app__(self) -> FastAPI:
         settings = self._settings
         llm = LLM(self._backend, settings.engine.served_model_name)
-        agent = PersonaAgent(llm, HandleAgentMemory(self._memory), AgentConfig.from_settings(settings.agent))
+        salts = cache_salts(settings)
+        config = AgentConfig.from_settings(settings.agent, settings.engine.tools_in_template)
+        agent = PersonaAgent(llm, HandleAgentMemory(self._memory), salts, config)
         personalized = PersonalizedChat(
             agent, self._backend, self._memory, settings.agent.write_back, settings.agent.trace_final_prompt
         )
         return build_http_app(
-            self._backend, settings, memory=self._memory, personalized=personalized, alignment=self._alignment
-        )
+            self._backend, settings, salts, memory=self._memory, personalized=personalized,
+            alignment=self._alignment,
+        )  # fmt: skip

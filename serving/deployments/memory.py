@@ -18,6 +18,7 @@ from memory.documents import DocumentHit
 from memory.profile import ProfileWriter
 from memory.records import Interaction, InteractionIn, MemoryHit, PersonaVersion, Profile, Source, UserExport
 from memory.service import MemoryService, embedding_text
+from personaagent.salts import cache_salts
 from personaagent.settings import Settings
 from serving.backend import EngineHandleBackend
 
@@ -28,7 +29,10 @@ class MemoryDeployment:
         mem = settings.memory
         llm = LLM(EngineHandleBackend(engine), settings.engine.served_model_name)
         writer = ProfileWriter(
-            llm, max_words=mem.profile_max_words, max_input_chars=mem.profile_max_input_chars
+            llm,
+            cache_salts(settings).user,
+            max_words=mem.profile_max_words,
+            max_input_chars=mem.profile_max_input_chars,
         )
         self._settings = settings
         self.service = MemoryService.open(settings, writer)

@@ -1,0 +1,87 @@
+"""Secret prefix-cache salts: the one place every vLLM `cache_salt` of the stack comes from.
+
+vLLM shares KV blocks between requests with the same salt, and `usage.prompt_tokens_details.cached_tokens`
+tells a client how much of its prompt was shared: a guessable salt would let one tenant probe another's
+persona or conversation token by token (the reason for CVE-2025-46570; vLLM's docs ask for a secret,
+random salt per tenant). A salt here is HMAC-SHA256(server secret, kind + id), as hex: 66 characters of
+[0-9a-f] and a kind letter, inside vLLM's rules (no `@`, at most 128 characters) for any user id.
+
+The secret comes from settings (`auth.cache_salt_secret`, e.g. from a Kubernetes Secret) or is made once
+into `data_dir/cache_salt.key` (owner-only) by `resolve_salt_secret`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import os
+import secrets
+from pathlib import Path
+
+from pydantic import SecretStr
+
+from personaagent.settings import Settings
+
+SECRET_FILENAME = "cache_salt.key"
+_SECRET_BYTES = 32
+
+
+class CacheSalts:
+    """Derives the engine salt of a user (personalized work) or of an API key (plain requests)."""
+
+    def __init__(self, secret: str) -> None:
+        if len(secret) < 16:
+            raise ValueError("cache salt secret: at least 16 characters")
+        self._key = secret.encode()
+
+    def _derive(self, kind: str, ident: str) -> str:
+        digest = hmac.new(self._key, f"{kind}\x00{ident}".encode(), hashlib.sha256).hexdigest()
+        return f"{kind}{digest}"
+
+    def user(self, user_id: str) -> str:
+        """Salt of every engine call made for `user_id`: chat, alignment, profile writes, routing."""
+        return self._derive("u", user_id)
+
+    def api_key(self, key_name: str) -> str:
+        """Salt of plain (non-personalized) requests: shared within one API key, never across keys."""
+        return self._derive("k", key_name)
+
+
+def resolve_salt_secret(configured: str | None, data_dir: Path) -> str:
+    """The configured secret, else the one in `data_dir` (made on first use, mode 0600, race-free)."""
+    if configured:
+        return configured
+    path = Path(data_dir) / SECRET_FILENAME
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{SECRET_FILENAME}.{os.getpid()}.{secrets.token_hex(4)}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(secrets.token_hex(_SECRET_BYTES))
+        # link() fails if another process made the file first: then everyone reads the winner's secret.
+        with contextlib.suppress(FileExistsError):
+            os.link(tmp, path)
+        tmp.unlink()
+    return path.read_text().strip()
+
+
+def with_salt_secret(settings: Settings) -> Settings:
+    """`settings` with `auth.cache_salt_secret` resolved, so every process derives the same salts.
+
+    Called once where the application is built: replicas on other nodes (no `data_dir` there) get the
+    secret with their settings instead of reading the file.
+    """
+    if settings.auth.cache_salt_secret is not None:
+        return settings
+    secret = SecretStr(resolve_salt_secret(None, settings.data_dir))
+    return settings.model_copy(
+        update={"auth": settings.auth.model_copy(update={"cache_salt_secret": secret})}
+    )
+
+
+def cache_salts(settings: Settings) -> CacheSalts:
+    configured = settings.auth.cache_salt_secret
+    return CacheSalts(
+        resolve_salt_secret(configured.get_secret_value() if configured else None, settings.data_dir)
+    )
