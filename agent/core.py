@@ -54,6 +54,7 @@ class AgentConfig(BaseModel):
     max_steps: int = Field(3, ge=0, description="generation rounds that may call a built-in tool")
     memory_k: int = Field(4, ge=1)
     document_k: int = Field(3, ge=1)
+    forced_call_min_tokens: int = Field(128, ge=16, description="budget of a round that must write a call")
     observation_chars: int = Field(1200, ge=100, description="per tool result, in the prompt")
     trace_result_chars: int = Field(200, ge=20, description="per tool result, in the response trace")
     use_tools: bool = True
@@ -75,6 +76,7 @@ class AgentConfig(BaseModel):
             max_steps=agent.max_steps,
             memory_k=agent.memory_k,
             document_k=agent.document_k,
+            forced_call_min_tokens=agent.forced_call_min_tokens,
             tools_in_template=tools_in_template,
         )
 
@@ -242,6 +244,18 @@ def _clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+_OUTPUT_CONSTRAINTS = ("structured_outputs", "response_format", "guided_json", "guided_choice", "guided_regex",
+                       "guided_grammar")  # fmt: skip
+
+
+def constrains_output(request: dict[str, Any]) -> bool:
+    """The client asks for a format (JSON schema, a choice of labels...): the answer must be that format."""
+    fmt = request.get("response_format")
+    if isinstance(fmt, dict) and fmt.get("type") == "text":
+        return False
+    return any(request.get(field) for field in _OUTPUT_CONSTRAINTS)
+
+
 def _with_context(messages: list[dict[str, Any]], observations: list[str]) -> list[dict[str, Any]]:
     """Tool results go after the byte-stable persona and the conversation: the persona prefix stays cached."""
     if not observations:
@@ -358,10 +372,18 @@ class PersonaAgent:
         body = {k: v for k, v in request.items() if k not in AGENT_ONLY_FIELDS}
         body["messages"] = plan.messages
         body["cache_salt"] = plan.cache_salt
-        if plan.tools and (round_ < plan.max_steps or (round_ == 0 and plan.tool_choice)):
-            body["tools"] = [t.openai() for t in plan.tools]
+        # A requested output format (e.g. the evaluation's label choice) is answered directly: vLLM would
+        # let a tool call stand in for the format, and a call cut off by a small max_tokens is no answer.
+        tools = [t for t in plan.tools if not t.builtin] if constrains_output(request) else plan.tools
+        if tools and (round_ < plan.max_steps or (round_ == 0 and plan.tool_choice)):
+            body["tools"] = [t.openai() for t in tools]
             body["tool_choice"] = plan.tool_choice if round_ == 0 and plan.tool_choice else "auto"
             body["parallel_tool_calls"] = True
+            if body["tool_choice"] != "auto":
+                # A forced round writes only the call: a budget meant for an answer must not cut it off.
+                for field in ("max_tokens", "max_completion_tokens"):
+                    if isinstance(body.get(field), int):
+                        body[field] = max(body[field], self.config.forced_call_min_tokens)
         return body
 
     async def generate(self, plan: AgentPlan, request: dict[str, Any]) -> AsyncIterator[dict[str, Any] | str]:
@@ -406,6 +428,9 @@ class PersonaAgent:
             elif calls:  # built-in calls past the last tool round: nothing for the client to run
                 message.pop("tool_calls")
                 result["choices"][0]["finish_reason"] = "stop"
+            elif "<tool_call>" in (message.get("content") or ""):
+                # A call cut off by max_tokens is not parsed: its markup is not part of the answer.
+                message["content"] = message["content"].split("<tool_call>", 1)[0].rstrip()
             result["usage"] = plan.usage()
             yield result
             return

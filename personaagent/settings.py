@@ -132,6 +132,12 @@ class AgentSettings(BaseModel):
     )
     memory_k: int = Field(4, ge=1, le=50)
     document_k: int = Field(3, ge=1, le=20)
+    forced_call_min_tokens: int = Field(
+        128,
+        ge=16,
+        description="token budget of a generation whose tool_choice forces a call (the call is "
+        "all it writes), when the request's max_tokens is smaller",
+    )
     max_persona_chars: int = Field(6000, ge=200)
     max_documents_per_load: int = Field(10_000, ge=1)
     write_back: bool = True

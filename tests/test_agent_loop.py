@@ -221,6 +221,8 @@ async def test_forced_tool_applies_to_the_first_round_only() -> None:
     plan = await agent.prepare("u1", [{"role": "user", "content": "q"}], tool_choice=forced)
     await _respond(agent, plan, stream=False)
     assert engine.bodies[0]["tool_choice"] == forced and engine.bodies[1]["tool_choice"] == "auto"
+    # The forced round writes only the call: the answer's budget (8) does not cut it off.
+    assert engine.bodies[0]["max_tokens"] == 128 and engine.bodies[1]["max_tokens"] == 8
     # After the client's tool result comes back, the forced choice no longer applies.
     agent, engine, _ = _agent(["ok"], auto_memory_search=False)
     msgs = [{"role": "user", "content": "q"}, {"role": "assistant", "content": None,
@@ -281,3 +283,17 @@ def test_tool_messages_become_text_turns() -> None:
         "Result of tool call c1: sunny"
     ]
     assert turns[1]["content"].startswith("<tool_call>")
+
+
+async def test_requested_format_is_answered_without_builtin_tools_and_cut_calls_do_not_leak() -> None:
+    agent, engine, memory = _agent(['<tool_call>\n{"name'])
+    plan = await agent.prepare("u1", [{"role": "user", "content": "Tag this movie"}])
+    items = [
+        i async for i in agent.generate(plan, {"max_tokens": 4, "structured_outputs": {"choice": ["a", "b"]}})
+    ]
+    assert "tools" not in engine.bodies[0] and memory.searches == ["Tag this movie"]  # memories still primed
+    assert items[0]["choices"][0]["message"]["content"] == ""  # the cut-off call's markup is dropped
+    agent, engine, _ = _agent(["ok"])
+    plan = await agent.prepare("u1", [{"role": "user", "content": "q"}], client_tools=WEATHER)
+    [i async for i in agent.generate(plan, {"response_format": {"type": "json_object"}})]
+    assert [t["function"]["name"] for t in engine.bodies[0]["tools"]] == ["get_weather"]  # the client's stay
