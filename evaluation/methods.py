@@ -76,7 +76,7 @@ class EvalSettings(BaseModel):
 def eval_user_id(run_id: str, method: str, example_id: str) -> str:
     """A user per (run, method, question): methods never see each other's memories or personas."""
     raw = f"eval.{run_id}.{method}.{example_id}"
-    return re.sub(r"[^A-Za-z0-9._@-]", "-", raw)[:128]
+    return re.sub(r"[^A-Za-z0-9._@+-]", "-", raw)[:128]
 
 
 def render_history(pairs: list[tuple[str, str | None]]) -> str:

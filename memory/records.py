@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
-USER_ID_PATTERN = r"^[A-Za-z0-9._@-]{1,128}$"
+USER_ID_PATTERN = r"^[A-Za-z0-9._@+-]{1,128}$"
 USER_ID_RE = re.compile(USER_ID_PATTERN)
 UserId = Annotated[str, StringConstraints(pattern=USER_ID_PATTERN)]
 

@@ -17,7 +17,7 @@ from serving.errors import APIError, from_engine_error
 
 def check_user_id(user_id: Any) -> str:
     if not isinstance(user_id, str) or not USER_ID_RE.match(user_id):
-        raise APIError(400, "user: 1-128 characters of [A-Za-z0-9._@-]", param="user")
+        raise APIError(400, "user: 1-128 characters of [A-Za-z0-9._@+-]", param="user")
     return user_id
 
 

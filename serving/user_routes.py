@@ -21,7 +21,7 @@ from serving.errors import APIError
 
 UserIdPath = Annotated[
     str,
-    Path(pattern=USER_ID_PATTERN, description="1-128 characters of [A-Za-z0-9._@-]", examples=["user-42"]),
+    Path(pattern=USER_ID_PATTERN, description="1-128 characters of [A-Za-z0-9._@+-]", examples=["user-42"]),
 ]
 
 

@@ -207,7 +207,7 @@ async def test_client_tool_call_is_returned_as_openai_tool_calls() -> None:
     for stream in (False, True):
         agent, engine, _ = _agent([[call("get_weather", {"city": "Paris"})]])
         plan = await agent.prepare("u1", [{"role": "user", "content": "weather?"}], client_tools=WEATHER)
-        text, calls = await _respond(agent, plan, stream)
+        _text, calls = await _respond(agent, plan, stream)
         assert len(calls) == 1 and calls[0]["function" if not stream else "name"] in (
             {"name": "get_weather", "arguments": json.dumps({"city": "Paris"})},
             "get_weather",
@@ -242,7 +242,7 @@ async def test_rounds_are_bounded_and_repeats_end_the_loop() -> None:
     same = [call("search_memory", {"query": "films"})]
     agent, engine, memory = _agent([same, same, same, "final"], auto_memory_search=False, max_steps=3)
     plan = await agent.prepare("u1", [{"role": "user", "content": "q"}])
-    text, _ = await _respond(agent, plan, stream=False)
+    _text, _ = await _respond(agent, plan, stream=False)
     assert memory.searches == ["films"] and len(engine.bodies) == 3 and "tools" not in engine.bodies[2]
     many = [[call("search_memory", {"query": f"q{i}"})] for i in range(9)]
     agent, engine, _ = _agent([*many], auto_memory_search=False, max_steps=2)
