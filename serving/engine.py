@@ -17,18 +17,24 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from personaagent.model_cache import prepare_embedded_model
+from personaagent.model_cache import convert_gguf, gguf_folder, prepare_embedded_model
 from personaagent.settings import EMBEDDED_MODEL, Settings
 
 logger = logging.getLogger(__name__)
 
 
 def resolve_model_path(settings: Settings) -> str:
-    """The folder or hub id vLLM loads; the embedded default is converted once into the cache."""
+    """The folder or hub id vLLM loads. GGUF files (the embedded default, or a `.gguf` path: absolute, or
+    relative to `model_cache_dir`) are converted once into the model cache."""
     model = settings.engine.model
+    cache = Path(settings.model_cache_dir)
     if model == EMBEDDED_MODEL:
-        target = Path(settings.model_cache_dir) / "smollm2-135m-instruct-bf16"
-        return str(prepare_embedded_model(target))
+        return str(prepare_embedded_model(cache / "smollm2-135m-instruct-bf16"))
+    if model.endswith(".gguf"):
+        gguf = Path(model) if Path(model).is_absolute() else cache / model
+        if not gguf.is_file():
+            raise FileNotFoundError(f"engine.model: GGUF file {gguf} not found")
+        return str(convert_gguf(gguf, gguf_folder(gguf, cache)))
     return model
 
 
