@@ -141,8 +141,24 @@ class HTTPEvaluator:
                 json=items[start : start + 500],
             )
 
-    async def _align(self, user_id: str) -> dict[str, Any]:
-        job = await self._call("POST", f"/v1/users/{user_id}/align")
+    async def setup_user(self, method: Method, example: LaMPExample) -> str | None:
+        """The method's user: fresh history, profile (PAG, agent) and persona (agent). None: no memory."""
+        if not method.uses_memory:
+            return None
+        user_id = eval_user_id(self.run_id, method.name, example.id)
+        await self._fresh_user(user_id, example)
+        if method.context in {"pag", "agent"}:
+            await self._call("POST", f"/v1/users/{user_id}/profile/refresh")
+        if method.context == "agent":
+            await self._call("GET", f"/v1/users/{user_id}/persona")  # built from the profile
+        return user_id
+
+    async def start_alignment(self, user_id: str) -> dict[str, Any]:
+        return await self._call("POST", f"/v1/users/{user_id}/align")
+
+    async def align(self, user_id: str, job: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Wait for the user's alignment job (started here unless `job` is given); its result, in short."""
+        job = job or await self.start_alignment(user_id)
         deadline = time.monotonic() + self.settings.alignment_timeout_s
         while job["state"] in ("queued", "running"):
             if time.monotonic() > deadline:
@@ -192,23 +208,24 @@ class HTTPEvaluator:
             context = f'Summary of this user:\n"""\n{profile["text"].strip()}\n"""\n\n{context}'
         return context
 
-    async def answer(self, method: Method, example: LaMPExample) -> Prediction:
+    async def answer(
+        self, method: Method, example: LaMPExample, aligned: dict[str, Any] | None = None
+    ) -> Prediction:
+        """Answer one question. `aligned`: the user was set up and aligned beforehand (the alignment's
+        result), as the runner does for all users of an aligned method at once; then `seconds` is the
+        answering time only."""
         started = time.monotonic()
         user_id = eval_user_id(self.run_id, method.name, example.id) if method.uses_memory else None
-        alignment = None
+        alignment = aligned
         persona_version = None
         try:
-            if user_id is not None:
-                await self._fresh_user(user_id, example)
-            if method.context in {"pag", "agent"}:
-                await self._call("POST", f"/v1/users/{user_id}/profile/refresh")
+            if aligned is None:
+                user_id = await self.setup_user(method, example)
             if method.context == "agent":
                 assert user_id is not None
-                persona = await self._call("GET", f"/v1/users/{user_id}/persona")  # built from the profile
-                persona_version = persona["version"]
-                if method.align:
-                    alignment = await self._align(user_id)
-                    persona_version = (await self._call("GET", f"/v1/users/{user_id}/persona"))["version"]
+                if method.align and alignment is None:
+                    alignment = await self.align(user_id)
+                persona_version = (await self._call("GET", f"/v1/users/{user_id}/persona"))["version"]
                 extra = {"persona_agent_options": method.options} if method.options else {}
                 text = await self._complete(
                     [{"role": "user", "content": example.input}], user=user_id, **extra

@@ -27,17 +27,37 @@ def markdown(results: list[TaskResult]) -> str:
         arrows = [f"{m} {'↑' if HIGHER_IS_BETTER.get(m, True) else '↓'}" for m in names]
         data = "SYNTHETIC data (not comparable with LaMP)" if result.synthetic else "LaMP data"
         out.append(f"### {result.task} — {data}, model `{result.model}`, {result.methods[0].n} users\n")
-        out.append("| method | " + " | ".join(arrows) + " | s/question | errors | aligned (accepted) |")
-        out.append("|---" * (len(names) + 4) + "|")
+        primary = result.methods[0].primary_metric
+        out.append(
+            "| method | "
+            + " | ".join(arrows)
+            + f" | {primary} 95% interval | s/question | errors | aligned (accepted) |"
+        )
+        out.append("|---" * (len(names) + 5) + "|")
         for m in result.methods:
             values = " | ".join(f"{m.metrics[n]:.3f}" for n in names)
             accepted = "—" if m.alignments_accepted is None else str(m.alignments_accepted)
-            out.append(f"| {m.method} | {values} | {m.seconds_per_question:.1f} | {m.errors} | {accepted} |")
+            span = f"[{m.interval[0]:.3f}, {m.interval[1]:.3f}]" if m.interval else "—"
+            out.append(
+                f"| {m.method} | {values} | {span} | {m.seconds_per_question:.1f} | {m.errors} | {accepted} |"
+            )
+        timing = f"answering took {result.answer_wall_s:.0f} s"
+        if result.alignment_wall_s is not None:
+            timing += f"; setting up and aligning every aligned user, as one batch, took {result.alignment_wall_s:.0f} s"
         paper = PAPER_PERSONAAGENT.get(result.task)
         if paper:
             values = " | ".join(f"{paper[n]:.3f}" if n in paper else "—" for n in names)
-            out.append(f"| *paper: PersonaAgent, Claude-3.5, real LaMP* | {values} | — | — | — |")
-        out.append("")
+            out.append(f"| *paper: PersonaAgent, Claude-3.5, real LaMP* | {values} | — | — | — | — |")
+        out.append(f"\nWall time: {timing}.\n")
+        if result.comparisons:
+            out.append(f"Paired differences on {primary} (same questions, 95% bootstrap interval):\n")
+            out.append("| comparison | difference | 95% interval | verdict |")
+            out.append("|---|---|---|---|")
+            for c in result.comparisons:
+                out.append(
+                    f"| {c.method} − {c.baseline} | {c.difference:+.3f} | [{c.low:+.3f}, {c.high:+.3f}] | {c.verdict} |"
+                )
+            out.append("")
     return "\n".join(out)
 
 
@@ -55,7 +75,12 @@ def bar_chart(results: list[TaskResult], path: Path) -> Path:
         methods = [m.method for m in result.methods]
         values = [m.metrics[metric] for m in result.methods]
         colors = ["tab:orange" if name.startswith("persona_agent") else "tab:blue" for name in methods]
-        ax.bar(range(len(methods)), values, color=colors)
+        spans = [m.interval if m.primary_metric == metric and m.interval else None for m in result.methods]
+        yerr = None
+        if all(spans):
+            yerr = [[v - s[0] for v, s in zip(values, spans, strict=True)],  # type: ignore[index]
+                    [s[1] - v for v, s in zip(values, spans, strict=True)]]  # type: ignore[index]  # fmt: skip
+        ax.bar(range(len(methods)), values, color=colors, yerr=yerr, capsize=3)
         ax.set_xticks(range(len(methods)), methods, rotation=60, ha="right", fontsize=8)
         arrow = "higher is better" if HIGHER_IS_BETTER.get(metric, True) else "lower is better"
         ax.set_title(

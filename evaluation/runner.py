@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ import httpx
 from pydantic import BaseModel, Field
 from tqdm import tqdm
 
+from evaluation.intervals import KEY_COMPARISONS, Comparison, compare, interval, per_question, primary_metric
 from evaluation.lamp import LaMPExample, find_split, load_split, task_spec
 from evaluation.methods import METHODS, EvalSettings, HTTPEvaluator, Prediction
 from evaluation.metrics import task_metrics
@@ -42,6 +44,10 @@ class MethodResult(BaseModel):
     metrics: dict[str, float]
     seconds_per_question: float
     alignments_accepted: int | None = None
+    primary_metric: str = ""
+    interval: tuple[float, float] | None = Field(
+        None, description="95% bootstrap interval of the primary metric"
+    )
 
 
 class TaskResult(BaseModel):
@@ -51,6 +57,9 @@ class TaskResult(BaseModel):
     model: str
     run_id: str
     methods: list[MethodResult]
+    alignment_wall_s: float | None = Field(None, description="setting up and aligning all aligned users")
+    answer_wall_s: float = Field(0.0, description="answering every question, alignment excluded")
+    comparisons: list[Comparison] = Field(default_factory=list, description="paired, on the primary metric")
     error_samples: list[str] = Field(default_factory=list)
 
 
@@ -110,28 +119,58 @@ async def run_task(request: RunRequest, task: str, model: str) -> TaskResult:
     pending = [(m, e) for m in request.methods for e in examples if (m, e.id) not in log.done]
     errors: dict[tuple[str, str], str] = {}
     gate = asyncio.Semaphore(request.concurrency)
+    aligned: dict[tuple[str, str], dict[str, Any]] = {}
+
+    async def setup_and_align(method: str, example: LaMPExample) -> None:
+        try:
+            async with gate:
+                user_id = await evaluator.setup_user(METHODS[method], example)
+                assert user_id is not None
+                job = await evaluator.start_alignment(user_id)
+            aligned[(method, example.id)] = await evaluator.align(user_id, job)
+        except Exception as exc:  # answered (and aligned again) one by one in the answering phase
+            logger.warning("%s %s %s: batch alignment failed: %s", task, method, example.id, exc)
 
     async def one(method: str, example: LaMPExample) -> None:
         async with gate:
             try:
-                log.append(await evaluator.answer(METHODS[method], example))
+                log.append(
+                    await evaluator.answer(METHODS[method], example, aligned.get((method, example.id)))
+                )
             except Exception as exc:  # recorded and retried by the next (resumed) run
                 errors[(method, example.id)] = f"{type(exc).__name__}: {exc}"
                 logger.warning("%s %s %s failed: %s", task, method, example.id, exc)
 
     total = len(request.methods) * len(examples)
-    with tqdm(total=total, initial=total - len(pending), desc=task, unit="q") as bar:
-        try:
+    to_align = [(m, e) for m, e in pending if METHODS[m].align]
+    alignment_wall_s = None
+    try:
+        if to_align:
+            # Every aligned user's job is queued before any is awaited: the alignment service gathers them
+            # into rounds of `alignment.round_size` users, one batch through the pool.
+            started = time.monotonic()
+            with tqdm(total=len(to_align), desc=f"{task} align", unit="user") as bar:
+                for future in asyncio.as_completed([setup_and_align(m, e) for m, e in to_align]):
+                    await future
+                    bar.update(1)
+            alignment_wall_s = time.monotonic() - started
+        started = time.monotonic()
+        with tqdm(total=total, initial=total - len(pending), desc=task, unit="q") as bar:
             for future in asyncio.as_completed([one(m, e) for m, e in pending]):
                 await future
                 bar.update(1)
                 bar.set_postfix(errors=len(errors))
-        finally:
-            await evaluator.close()
+        answer_wall_s = time.monotonic() - started
+    finally:
+        await evaluator.close()
 
     results = []
+    metric = primary_metric(spec)
+    scores: dict[str, list[float]] = {}
     for name in request.methods:
         preds = [log.done.get((name, e.id)) for e in examples]
+        golds = [e.gold or "" for e in examples]
+        scores[name] = per_question(spec, [p.prediction if p else "" for p in preds], golds)
         answered = [p for p in preds if p is not None]
         aligned = [p.alignment for p in answered if p.alignment is not None]
         results.append(
@@ -145,8 +184,13 @@ async def run_task(request: RunRequest, task: str, model: str) -> TaskResult:
                 ),
                 seconds_per_question=sum(p.seconds for p in answered) / max(1, len(answered)),
                 alignments_accepted=sum(bool(a.get("accepted")) for a in aligned) if aligned else None,
+                primary_metric=metric,
+                interval=interval(scores[name]),
             )
         )
+    comparisons = [
+        compare(a, b, metric, scores[a], scores[b]) for a, b in KEY_COMPARISONS if a in scores and b in scores
+    ]
     result = TaskResult(
         task=task,
         data=str(questions),
@@ -154,6 +198,9 @@ async def run_task(request: RunRequest, task: str, model: str) -> TaskResult:
         model=model,
         run_id=run_id,
         methods=results,
+        alignment_wall_s=alignment_wall_s,
+        answer_wall_s=answer_wall_s,
+        comparisons=comparisons,
         error_samples=list(errors.values())[:5],
     )
     (folder / "results.json").write_text(result.model_dump_json(indent=2) + "\n")

@@ -8,8 +8,10 @@ and filtering after a global search (mem0's approach) returns too few or foreign
 
 Each user index keeps positions -> interaction ids in a NumPy array, which works the same on CPU and on
 GPU (GPU flat indexes have no `add_with_ids`); deleting a user drops their index, deleting single rows
-rebuilds it. CPU indexes allow concurrent searches but not concurrent writes; a GPU index is not
-thread-safe even for reads -- so writes always take the lock, and on GPU reads take it too.
+rebuilds it. A search must never overlap an add on the same index (`add` reallocates the vectors FAISS
+reads while searching with the GIL released; a GPU index is not thread-safe even for reads), so every
+search, add and removal holds one lock: a flat top-k over one user's vectors takes ~0.02 ms, far less
+than what a reader-writer lock would save.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ class EpisodicIndex:
         self.on_gpu = device == "gpu" or (device == "auto" and gpus > 0)
         self._gpu_resources = faiss.StandardGpuResources() if self.on_gpu else None
         self._users: dict[str, _UserIndex] = {}
-        self._write_lock = threading.Lock()
+        self._lock = threading.Lock()
 
     def _new_index(self) -> Any:
         if self._gpu_resources is not None:
@@ -57,7 +59,7 @@ class EpisodicIndex:
         if len(ids) == 0:
             return
         vectors = np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1, self.dim)
-        with self._write_lock:
+        with self._lock:
             entry = self._users.get(user_id)
             if entry is None:
                 entry = self._users[user_id] = _UserIndex(self._new_index())
@@ -67,23 +69,19 @@ class EpisodicIndex:
     def search(self, user_id: str, queries: np.ndarray, k: int) -> list[list[tuple[int, float]]]:
         """Top-k (interaction id, score) per query row, from this user's vectors only."""
         queries = np.ascontiguousarray(queries, dtype=np.float32).reshape(-1, self.dim)
-        entry = self._users.get(user_id)
-        if entry is None or entry.index.ntotal == 0:
-            return [[] for _ in range(len(queries))]
-        k = min(k, int(entry.index.ntotal))
-        if self.on_gpu:
-            with self._write_lock:
-                scores, positions = entry.index.search(queries, k)
-        else:
-            scores, positions = entry.index.search(queries, k)
-        ids = entry.ids
+        with self._lock:
+            entry = self._users.get(user_id)
+            if entry is None or entry.index.ntotal == 0:
+                return [[] for _ in range(len(queries))]
+            scores, positions = entry.index.search(queries, min(k, int(entry.index.ntotal)))
+            ids = entry.ids  # the positions' ids, as of this search
         return [
             [(int(ids[p]), float(s)) for p, s in zip(row_pos, row_scores, strict=True) if p >= 0]
             for row_pos, row_scores in zip(positions, scores, strict=True)
         ]
 
     def remove_user(self, user_id: str) -> None:
-        with self._write_lock:
+        with self._lock:
             entry = self._users.pop(user_id, None)
             if entry is not None:
                 entry.index.reset()

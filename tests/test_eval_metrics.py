@@ -147,3 +147,22 @@ def test_markdown_prints_paper_numbers_beside_ours() -> None:
     table = markdown([result])
     assert "| rag | 0.500 | 0.700 |" in table
     assert "paper: PersonaAgent" in table and "0.241" in table
+
+
+def test_intervals_and_paired_verdicts() -> None:
+    from evaluation.intervals import compare, interval, per_question
+    from evaluation.lamp import task_spec
+
+    spec = task_spec("LaMP-2M")
+    golds = [spec.labels[i % len(spec.labels)] for i in range(40)]  # type: ignore[index]
+    right = per_question(spec, golds, golds)
+    wrong = per_question(spec, ["nonsense"] * 40, golds)
+    half = [1.0 if i % 2 else 0.0 for i in range(40)]
+    assert right == [1.0] * 40 and wrong == [0.0] * 40
+    low, high = interval(half)
+    assert low < 0.5 < high and high - low > 0.1  # 40 coin flips: a wide interval around the mean
+    assert compare("a", "b", "accuracy", right, wrong).verdict == "better"
+    assert compare("b", "a", "accuracy", wrong, right).verdict == "worse"
+    assert compare("a", "b", "accuracy", half, half[1:] + half[:1]).verdict == "within noise"
+    # Lower is better for MAE: smaller errors win.
+    assert compare("a", "b", "mae", [0.0] * 40, [2.0] * 40).verdict == "better"
