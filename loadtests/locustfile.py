@@ -40,10 +40,14 @@ def _options(parser: Any) -> None:
 def _exit_code(environment: Environment, **_: Any) -> None:
     ratio = environment.stats.total.fail_ratio
     limit = environment.parsed_options.max_fail_ratio if environment.parsed_options else 0.01
+    chats = environment.stats.get("/v1/chat/completions", "POST").num_requests
     # Set either way: Locust's own default is 1 on any failure, which an overload run expects (429s).
-    environment.process_exit_code = 1 if ratio > limit else 0
+    # A run that sent no chat at all measured nothing: that is no pass either.
+    environment.process_exit_code = 1 if ratio > limit or chats == 0 else 0
     if ratio > limit:
         print(f"failure ratio {ratio:.3f} is above {limit}: exit code 1")
+    elif chats == 0:
+        print("no chat request was sent (run too short?): exit code 1")
 
 
 def _history(n: int, topic: str) -> list[dict[str, str]]:
@@ -65,6 +69,8 @@ class PersonaUser(HttpUser):
         self.user_id = f"locust-{uuid.uuid4().hex[:12]}"
         self.topic = random.choice(TOPICS)
         self.last_completion_id: str | None = None
+        if options and options.history_items == 0:
+            return
         self.client.post(
             f"/v1/users/{self.user_id}/interactions",
             json=_history(options.history_items if options else 6, self.topic),

@@ -26,7 +26,7 @@ def build_command(args: argparse.Namespace, prefix: Path) -> list[str]:
         "--csv", str(prefix), "--html", f"{prefix}.html", "--only-summary", "--loglevel", "WARNING",
         "--chat-weight", str(args.chat_weight), "--feedback-weight", str(args.feedback_weight),
         "--import-weight", str(args.import_weight), "--max-tokens", str(args.max_tokens),
-        "--max-fail-ratio", str(args.max_fail_ratio),
+        "--max-fail-ratio", str(args.max_fail_ratio), "--history-items", str(args.history_items),
         *(["--model", args.model] if args.model else []),
         *(["--api-key", args.api_key] if args.api_key else []),
     ]  # fmt: skip
@@ -56,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--import-weight", type=int, default=1)
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--max-fail-ratio", type=float, default=0.01)
+    parser.add_argument(
+        "--history-items", type=int, default=6, help="interactions each user imports on start"
+    )
     args = parser.parse_args(argv)
 
     out = Path(args.out)
