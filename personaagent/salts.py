@@ -3,8 +3,8 @@
 vLLM shares KV blocks between requests with the same salt, and `usage.prompt_tokens_details.cached_tokens`
 tells a client how much of its prompt was shared: a guessable salt would let one tenant probe another's
 persona or conversation token by token (the reason for CVE-2025-46570; vLLM's docs ask for a secret,
-random salt per tenant). A salt here is HMAC-SHA256(server secret, kind + id), as hex: 66 characters of
-[0-9a-f] and a kind letter, inside vLLM's rules (no `@`, at most 128 characters) for any user id.
+random salt per tenant). A salt here is HMAC-SHA256(server secret, kind + id): a kind letter and 64
+hex characters, inside vLLM's rules (no `@`, at most 128 characters) for any user id.
 
 The secret comes from settings (`auth.cache_salt_secret`, e.g. from a Kubernetes Secret) or is made once
 into `data_dir/cache_salt.key` (owner-only) by `resolve_salt_secret`.
