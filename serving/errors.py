@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import uuid
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -10,6 +12,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from vllm.exceptions import VLLMClientError, VLLMNotFoundError
+
+logger = logging.getLogger(__name__)
 
 _TYPE_BY_STATUS = {
     400: "invalid_request_error",
@@ -76,6 +80,13 @@ def error_response(
     return JSONResponse(error_payload(status, message, param=param, type_=type_), status_code=status)
 
 
+def internal_error_payload(exc: BaseException, where: str) -> dict[str, Any]:
+    """A 500 body that names no exception text, actor or traceback: a request id the log carries too."""
+    request_id = uuid.uuid4().hex[:16]
+    logger.error("internal error in %s, request %s", where, request_id, exc_info=exc)
+    return error_payload(500, f"internal error (request id {request_id})", type_="server_error")
+
+
 def from_engine_error(body: dict[str, Any]) -> JSONResponse:
     """vLLM's ErrorResponse carries the HTTP status in `code` and an exception name in `type`."""
     err = body["error"]
@@ -123,5 +134,7 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(exc.status_code, str(exc.detail))
 
     @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
-        return error_response(500, f"internal error: {type(exc).__name__}", type_="server_error")
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse(
+            internal_error_payload(exc, f"{request.method} {request.url.path}"), status_code=500
+        )

@@ -25,6 +25,7 @@ from serving.errors import (
     error_response,
     from_engine_error,
     install_error_handlers,
+    internal_error_payload,
 )
 from serving.personalized_chat import PersonalizedChat
 from serving.user_routes import build_user_router
@@ -233,7 +234,7 @@ async def relay_chat(items: AsyncIterator[dict[str, Any] | str]) -> Response:
             async for chunk in items:
                 yield chunk if isinstance(chunk, str) else f"data: {json.dumps(chunk)}\n\n"
         except Exception as exc:
-            payload = {"error": {"message": str(exc), "type": "server_error", "param": None, "code": 500}}
+            payload = internal_error_payload(exc, "a streamed chat")
             yield f"data: {json.dumps(payload)}\n\ndata: [DONE]\n\n"
 
     return StreamingResponse(stream(), media_type="text/event-stream")
