@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Stack
+from tests.helpers import wait_job
 
 pytestmark = pytest.mark.stack
 MODEL = "smollm2-135m-instruct"
@@ -22,17 +23,6 @@ QUESTIONS = [
     "Tag the movie: a boxer beats a rival to death. One tag.",
     "Tag the movie: a soldier survives a bloody battle. One tag.",
 ]
-
-
-def _wait_job(stack: Stack, job_id: str, timeout_s: float = 600) -> dict:
-    deadline = time.monotonic() + timeout_s
-    with stack.http() as http:
-        while time.monotonic() < deadline:
-            job = http.get(f"/v1/alignment/jobs/{job_id}").json()
-            if job["state"] in {"done", "failed"}:
-                return job
-            time.sleep(2)
-    raise TimeoutError(f"alignment job {job_id} did not finish")
 
 
 def test_k_feedbacks_schedule_one_alignment_that_records_feedback_and_scores(stack: Stack) -> None:
@@ -62,7 +52,7 @@ def test_k_feedbacks_schedule_one_alignment_that_records_feedback_and_scores(sta
     assert jobs[0] is None and jobs[1] is None and jobs[2] is not None, (
         "K=3 feedbacks must schedule exactly one"
     )
-    job = _wait_job(stack, jobs[2]["id"])
+    job = wait_job(stack, jobs[2]["id"])
     assert job["state"] == "done", job
     result = job["result"]
     assert len(result["feedback"]) == 3 and all(f["truth"] == "violence" for f in result["feedback"])
@@ -164,7 +154,7 @@ def test_failure_mid_alignment_leaves_the_persona_unchanged(stack: Stack) -> Non
         http.post(f"/v1/users/{user}/interactions", json=HISTORY).raise_for_status()
         before = http.get(f"/v1/users/{user}/persona").json()
         job = http.post(f"/v1/users/{user}/align", params={"inject_failure_after": 2}).json()
-    done = _wait_job(stack, job["id"])
+    done = wait_job(stack, job["id"])
     assert done["state"] == "failed" and "injected" in done["error"]
     with stack.http() as http:
         after = http.get(f"/v1/users/{user}/persona").json()

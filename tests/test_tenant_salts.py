@@ -3,27 +3,16 @@
 from __future__ import annotations
 
 import stat
-import time
 
 import pytest
 
 from personaagent.salts import SECRET_FILENAME, CacheSalts
 from tests.conftest import ALICE_KEY, Stack
+from tests.helpers import wait_job
 
 pytestmark = pytest.mark.stack
 MODEL = "smollm2-135m-instruct"
 PERSONA = " ".join(f"Rule {i}: answer in one short sentence about birds and rivers." for i in range(40))
-
-
-def _wait_job(stack: Stack, job_id: str, timeout_s: float = 600) -> dict:
-    deadline = time.monotonic() + timeout_s
-    with stack.http() as http:
-        while time.monotonic() < deadline:
-            job = http.get(f"/v1/alignment/jobs/{job_id}").json()
-            if job["state"] in {"done", "failed"}:
-                return job
-            time.sleep(2)
-    raise TimeoutError(f"alignment job {job_id} did not finish")
 
 
 @pytest.mark.parametrize("user", ["alice.smith+x@example.com", "u" * 120 + "@ex.com"])
@@ -48,7 +37,7 @@ def test_email_and_128_character_user_ids_chat_stream_and_align(stack: Stack, us
     )
     assert chunks and chunks[0].model_extra["persona_agent"]["user"] == user
     job = http.post(f"/v1/users/{user}/align").json()
-    done = _wait_job(stack, job["id"])
+    done = wait_job(stack, job["id"])
     assert done["state"] == "done" and done["result"]["llm_calls"] > 0, done
     http.delete(f"/v1/users/{user}").raise_for_status()
 
