@@ -2,8 +2,9 @@
 
 For each router (Ray Serve's default power-of-two, Ray Serve LLM's PrefixCacheAffinityRouter, the
 experimental ConsistentHashRouter keyed on the user's cache salt) the stack starts with two engine
-replicas; 50 users with distinct ~1k-token personas cycle through their final-generation requests
-(persona system prompt + question, `cache_salt` = the user, streamed). Round 1 fills the caches; rounds
+replicas; 50 users with distinct ~1k-token personas (set through the persona API) cycle through
+personalized requests without tools (`persona_agent_options.tools: false`: the prompt is the persona and
+the question; the routers see the user's secret cache salt), streamed. Round 1 fills the caches; rounds
 2.. are measured: prefix-cache hit rate (cached / prompt tokens, from usage.prompt_tokens_details)
 and TTFT p50/p99. The per-replica KV cache is sized below the users' total persona tokens, as it is
 in production with many users, so where a user lands decides whether their persona is still cached.
@@ -21,25 +22,38 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import httpx
 from rich.console import Console
 from rich.table import Table
 
-from loadtests.bench_agent import persona_for, run_load
+from loadtests.bench_agent import TOPICS, stream_one
 from loadtests.servers import start_our_stack
 from personaagent.settings import load_settings
 
 ROUTERS = ("default", "prefix_affinity", "consistent_hash")
 
 
+def persona_for(n: int, target_words: int = 650) -> str:
+    """A distinct ~1k-token persona per user (rules vary by user, so no two share a prefix)."""
+    rules = []
+    i = 0
+    while sum(len(r.split()) for r in rules) < target_words:
+        topic = TOPICS[(n + i) % len(TOPICS)]
+        rules.append(f"Rule {i + 1} for user {n}: when the request is about {topic}, prefer concrete, short examples "
+                     f"that match this user's taste number {(n * 31 + i * 7) % 97}, and mention at most two options.")  # fmt: skip
+        i += 1
+    return "You are a helpful personalized assistant.\n" + "\n".join(rules)
+
+
 def bodies_for_round(model: str, users: int, round_no: int, max_tokens: int) -> list[dict[str, Any]]:
     return [
         {
             "model": model,
+            "user": f"bench-{u}",
             "messages": [
-                {"role": "system", "content": persona_for(u)},
-                {"role": "user", "content": f"Round {round_no}: suggest one thing for me to try this week."},
+                {"role": "user", "content": f"Round {round_no}: suggest one thing for me to try this week."}
             ],
-            "cache_salt": f"user:bench-{u}",
+            "persona_agent_options": {"tools": False},
             "max_tokens": max_tokens,
             "temperature": 0,
             "stream": True,
@@ -47,6 +61,24 @@ def bodies_for_round(model: str, users: int, round_no: int, max_tokens: int) -> 
         }
         for u in range(users)
     ]
+
+
+async def run_load(base_url: str, bodies: list[dict[str, Any]], concurrency: int) -> list[dict[str, Any]]:
+    sem = asyncio.Semaphore(concurrency)
+    async with httpx.AsyncClient(base_url=base_url, timeout=600) as client:
+
+        async def one(body: dict[str, Any]) -> dict[str, Any]:
+            async with sem:
+                result = await stream_one(client, body)
+            usage = result["usage"]
+            cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
+            return {
+                "ttft": result["ttft"],
+                "prompt_tokens": usage.get("prompt_tokens", 0),
+                "cached_tokens": cached,
+            }
+
+        return list(await asyncio.gather(*(one(b) for b in bodies)))
 
 
 def measure(router: str, args: argparse.Namespace, work: Path) -> dict[str, Any]:
@@ -60,11 +92,17 @@ def measure(router: str, args: argparse.Namespace, work: Path) -> dict[str, Any]
     try:
         ready_s = server.wait_ready()
         model = settings.engine.served_model_name
+        with httpx.Client(base_url=server.base_url, timeout=120) as http:
+            for u in range(args.users):
+                http.post(
+                    f"/v1/users/bench-{u}/interactions", json=[{"input": "hello", "output": "hi"}]
+                ).raise_for_status()
+                http.put(f"/v1/users/bench-{u}/persona", json={"text": persona_for(u)}).raise_for_status()
         rounds = []
         for r in range(args.rounds):
             bodies = bodies_for_round(model, args.users, r, args.max_tokens)
             rounds.append(asyncio.run(run_load(server.base_url, bodies, args.concurrency)))
-        measured = [res for rnd in rounds[1:] for res in rnd["results"]]
+        measured = [res for rnd in rounds[1:] for res in rnd]
         ttfts = sorted(res["ttft"] * 1000 for res in measured)
         prompt = sum(res["prompt_tokens"] for res in measured)
         return {
