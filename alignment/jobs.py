@@ -72,6 +72,11 @@ class JobStore:
             ).fetchone()
         return self._row(row) if row else None
 
+    def delete_user(self, user_id: str) -> int:
+        """Erase every job of the user (their answers, truths and candidate personas live in the results)."""
+        with self._lock:
+            return self._conn.execute("DELETE FROM jobs WHERE user_id = ?", (user_id,)).rowcount
+
     def queued(self) -> list[AlignmentJob]:
         with self._lock:
             rows = self._conn.execute(

@@ -123,6 +123,8 @@ def build_user_router(memory: Any, settings: Settings, alignment: Any | None = N
     async def delete_user(user_id: UserIdPath) -> DeleteResult:
         if not await memory.delete_user.remote(user_id):
             raise _not_found(user_id)
+        if alignment is not None:
+            await alignment.forget_user.remote(user_id)
         return DeleteResult(user_id=user_id, deleted=True)
 
     # -- persona ---------------------------------------------------------------------------------

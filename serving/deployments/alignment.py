@@ -60,6 +60,12 @@ class AlignmentDeployment:
         self._wakeup.set()
         return job
 
+    async def forget_user(self, user_id: str) -> int:
+        """The user was deleted: their job rows go, queued ones with them; a running one writes nothing."""
+        removed = self._jobs.delete_user(user_id)
+        self._metrics.queue_depth.set(len(self._jobs.queued()))
+        return removed
+
     async def get_job(self, job_id: str) -> AlignmentJob | None:
         return self._jobs.get(job_id)
 
@@ -88,6 +94,8 @@ class AlignmentDeployment:
     async def _one(self, n: int, job: AlignmentJob) -> None:
         worker = self._workers[n % len(self._workers)]
         try:
+            if not await self._memory.user_exists.remote(job.user_id):
+                return  # deleted since it was queued: its row is gone and nothing may re-create the user
             current = await self._memory.current_persona.remote(job.user_id)
             if current is None:
                 current = await self._memory.ensure_persona.remote(job.user_id)

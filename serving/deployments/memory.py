@@ -125,7 +125,11 @@ class MemoryDeployment:
     async def reload_documents(self) -> int:
         return self.service.documents.reload() if self.service.documents else 0
 
-    async def record_chat(self, user_id: str, item: InteractionIn) -> int:
+    async def record_chat(self, user_id: str, item: InteractionIn) -> int | None:
+        """Write a chat back; dropped (None) when the user was deleted while the chat ran: a chat creates
+        its user when it starts (the persona), so only a delete can make the user vanish before this."""
+        if not self.service.user_exists(user_id):
+            return None
         ids = await self._import_batch((user_id, [item], "chat"))
         self.service.maybe_refresh_profile(user_id)
         return ids[0]
