@@ -129,11 +129,6 @@ class AgentPlan(BaseModel):
                 seen.setdefault(i, None)
         return list(seen)
 
-    @property
-    def final_messages(self) -> list[dict[str, Any]]:
-        """The prompt of the generation that answers (tool rounds included)."""
-        return self.messages
-
     def trace(self) -> dict[str, Any]:
         """The `persona_agent` object attached to responses."""
         return {
