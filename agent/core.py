@@ -408,14 +408,11 @@ class PersonaAgent:
                       arguments=(c.get("function") or {}).get("arguments", ""), index=n)
                 for n, c in enumerate(message.get("tool_calls") or [])
             ]  # fmt: skip
-            client = [c for c in message.get("tool_calls") or [] if not self._is_builtin(plan, c)]
-            offered = "tools" in body
-            if (
-                calls
-                and offered
-                and not client
-                and await self._run_builtin_round(plan, message.get("content"), calls)
-            ):
+            client = [
+                message["tool_calls"][c.index] for c in calls if not self._is_builtin_name(plan, c.name)
+            ]
+            if calls and not client and "tools" in body:
+                await self._run_builtin_round(plan, message.get("content"), calls)
                 continue
             if client:
                 message["tool_calls"] = client  # built-in calls beside a client call are not the client's
@@ -480,8 +477,9 @@ class PersonaAgent:
                     if "tool_calls" in delta:
                         if not deltas and not delta.get("content") and not choice.get("finish_reason"):
                             continue
-                        delta["tool_calls"] = deltas or None
-                        if delta["tool_calls"] is None:
+                        if deltas:
+                            delta["tool_calls"] = deltas
+                        else:
                             del delta["tool_calls"]
                     content.append(delta.get("content") or "")
                     if (
@@ -499,8 +497,8 @@ class PersonaAgent:
                     yield "".join(out)
             builtin = [c for c in calls.values() if self._is_builtin_name(plan, c.name)]
             if builtin and not relayed and "tools" in body:
-                if await self._run_builtin_round(plan, "".join(content), builtin):
-                    continue
+                await self._run_builtin_round(plan, "".join(content), builtin)
+                continue
             if finish is not None:
                 # Built-in calls only: nothing for the client to run. A client call (forced ones too): tool_calls.
                 choice = finish["choices"][0]
@@ -519,11 +517,8 @@ class PersonaAgent:
     def _is_builtin_name(plan: AgentPlan, name: str) -> bool:
         return any(t.name == name and t.builtin for t in plan.tools)
 
-    def _is_builtin(self, plan: AgentPlan, call: dict[str, Any]) -> bool:
-        return self._is_builtin_name(plan, (call.get("function") or {}).get("name", ""))
-
-    async def _run_builtin_round(self, plan: AgentPlan, content: Any, calls: Sequence[_Call]) -> bool:
-        """Run the round's built-in calls and extend the prompt; False when the loop must end instead."""
+    async def _run_builtin_round(self, plan: AgentPlan, content: Any, calls: Sequence[_Call]) -> None:
+        """Run the round's built-in calls and extend the prompt; repeats only end the tool rounds."""
         fresh = []
         seen = {_call_key(s.name, s.arguments) for s in plan.steps}
         for call in calls:
@@ -532,7 +527,7 @@ class PersonaAgent:
                 fresh.append((call, arguments))
         if not fresh:
             plan.max_steps = 0  # the next round answers without tools
-            return True
+            return
         plan.tool_llm_calls += 1
         results = [await self._run_step(plan, call.name, arguments) for call, arguments in fresh]
         text = _text(content).strip()
@@ -555,7 +550,6 @@ class PersonaAgent:
                 {"role": "assistant", "content": said},
                 {"role": "user", "content": TOOL_CONTEXT.render(observations=_quoted(results))},
             ]
-        return True
 
     async def _run_step(
         self, plan: AgentPlan, name: str, arguments: dict[str, Any], auto: bool = False
