@@ -26,7 +26,7 @@ from agent.prompts import TOOL_CONTEXT, TOOLS_PROMPTED
 from agent.tools import BUILTIN_TOOLS, ToolSpec, ToolStep, client_tool_specs
 from memory.documents import DocumentHit
 from memory.records import MemoryHit, PersonaVersion
-from personaagent.quoting import quote_data
+from personaagent.quoting import history_block, history_lines, quote_data
 from personaagent.salts import CacheSalts
 from personaagent.settings import AgentSettings
 
@@ -251,17 +251,19 @@ def constrains_output(request: dict[str, Any]) -> bool:
     return any(request.get(field) for field in _OUTPUT_CONSTRAINTS)
 
 
-def _with_context(messages: list[dict[str, Any]], observations: list[str]) -> list[dict[str, Any]]:
-    """Tool results go after the byte-stable persona and the conversation: the persona prefix stays cached."""
-    if not observations:
-        return messages
-    context = TOOL_CONTEXT.render(observations=_quoted(observations))
+def _hit_lines(hits: Sequence[MemoryHit]) -> str:
+    return "\n".join(history_lines([(h.interaction.input, h.interaction.output) for h in hits]))
+
+
+def _with_history(messages: list[dict[str, Any]], hits: Sequence[MemoryHit]) -> list[dict[str, Any]]:
+    """The retrieved history goes right before the latest request, as the RAG baseline puts it (small models
+    use history before a question far better than after it); the persona prefix before it stays cached."""
+    block = history_block([(h.interaction.input, h.interaction.output) for h in hits])
     out = list(messages)
     for i in range(len(out) - 1, -1, -1):
         if out[i].get("role") == "user":
-            out[i] = {**out[i], "content": f"{_text(out[i].get('content'))}\n\n{context}"}
+            out[i] = {**out[i], "content": f"{block}\n\n{_text(out[i].get('content'))}"}
             return out
-    out.append({"role": "user", "content": context})
     return out
 
 
@@ -321,7 +323,6 @@ class PersonaAgent:
             tools_in_template=cfg.tools_in_template,
             exclude_ids=list(exclude_ids),
         )
-        observations: list[str] = []
         if cfg.tools_in_template:  # the template renders tool calls and results itself
             conversation = [dict(m) for m in messages]
             trailing = bool(messages) and messages[-1].get("role") == "tool"
@@ -344,14 +345,29 @@ class PersonaAgent:
             and request_text.strip()
             and not trailing
         ):
-            observations.append(
-                await self._run_step(plan, "search_memory", {"query": request_text[:200]}, auto=True)
-            )
+            hits = await self._priming_search(plan, request_text[:200])
+            if hits:
+                conversation = _with_history(conversation, hits)
         system = self._system_prompt(persona, tools, cfg)
-        plan.messages = ([{"role": "system", "content": system}] if system else []) + _with_context(
-            conversation, observations
-        )
+        plan.messages = ([{"role": "system", "content": system}] if system else []) + conversation
         return plan
+
+    async def _priming_search(self, plan: AgentPlan, query: str) -> list[MemoryHit]:
+        """The memories for this request, recorded in the trace as an automatic search_memory step."""
+        step = ToolStep(name="search_memory", arguments={"query": query}, auto=True)
+        hits: list[MemoryHit] = []
+        try:
+            hits = (
+                await self.memory.search(plan.user_id, query, self.config.memory_k, tuple(plan.exclude_ids))
+                or []
+            )
+        except Exception as exc:  # the answer goes on without memories rather than failing
+            step.error = type(exc).__name__
+            logger.warning("priming search failed for a request: %s", exc)
+        step.memory_ids = [h.interaction.id for h in hits]
+        step.result = _clip(_hit_lines(hits) or "(no memories found)", self.config.trace_result_chars)
+        plan.steps.append(step)
+        return hits
 
     @staticmethod
     def _system_prompt(persona: str | None, tools: Sequence[ToolSpec], cfg: AgentConfig) -> str | None:
@@ -551,17 +567,13 @@ class PersonaAgent:
                 {"role": "user", "content": TOOL_CONTEXT.render(observations=_quoted(results))},
             ]
 
-    async def _run_step(
-        self, plan: AgentPlan, name: str, arguments: dict[str, Any], auto: bool = False
-    ) -> str:
+    async def _run_step(self, plan: AgentPlan, name: str, arguments: dict[str, Any]) -> str:
         """Run a built-in tool; record it in the trace (clipped); return its result for the prompt."""
         cfg = self.config
         step, full = await self._run_builtin(plan.user_id, name, arguments, plan.exclude_ids)
-        step.auto = auto
         step.result = _clip(full, cfg.trace_result_chars)
         plan.steps.append(step)
-        label = name if auto else f"{name}({json.dumps(arguments)})"
-        return f"{label}:\n{_clip(full, cfg.observation_chars)}"
+        return f"{name}({json.dumps(arguments)}):\n{_clip(full, cfg.observation_chars)}"
 
     async def _run_builtin(
         self, user_id: str, name: str, arguments: dict[str, Any], exclude_ids: Sequence[int]
@@ -578,14 +590,7 @@ class PersonaAgent:
                     or []
                 )
                 step.memory_ids = [h.interaction.id for h in hits]
-                full = (
-                    "\n".join(
-                        f"- {h.interaction.input.strip()}"
-                        + (f" -> {h.interaction.output.strip()}" if h.interaction.output else "")
-                        for h in hits
-                    )
-                    or "(no memories found)"
-                )
+                full = _hit_lines(hits) or "(no memories found)"
             elif name == "get_profile":
                 full = await self.memory.get_profile_text(user_id) or "(no profile yet)"
             elif name == "search_documents":

@@ -19,6 +19,7 @@ from openai import AsyncOpenAI
 from pydantic import BaseModel, Field
 
 from evaluation.lamp import LaMPExample, TaskSpec
+from personaagent.quoting import history_block, quote_data
 
 
 class Method(BaseModel):
@@ -77,12 +78,6 @@ def eval_user_id(run_id: str, method: str, example_id: str) -> str:
     """A user per (run, method, question): methods never see each other's memories or personas."""
     raw = f"eval.{run_id}.{method}.{example_id}"
     return re.sub(r"[^A-Za-z0-9._@+-]", "-", raw)[:128]
-
-
-def render_history(pairs: list[tuple[str, str | None]]) -> str:
-    lines = [f"- {text.strip()}" + (f" -> {out.strip()}" if out else "") for text, out in pairs]
-    # Quoted as data: the history is the user's, not instructions to follow.
-    return 'This user\'s past requests and their answers:\n"""\n' + "\n".join(lines) + '\n"""'
 
 
 class HTTPEvaluator:
@@ -196,16 +191,16 @@ class HTTPEvaluator:
             rng = random.Random(f"{self.run_id}:{example.id}")
             chosen = rng.sample(range(len(example.profile)), min(k, len(example.profile)))
             pairs = [self.spec.render_item(example.profile[i]) for i in sorted(chosen)]
-            return render_history(pairs)
+            return history_block(pairs)
         hits = await self._call(
             "GET", f"/v1/users/{user_id}/memories", params={"query": example.input[:2000], "k": k}
         )
-        context = render_history(
+        context = history_block(
             [(h["interaction"]["input"], h["interaction"]["output"]) for h in hits["hits"]]
         )
         if method.context == "pag":
             profile = await self._call("GET", f"/v1/users/{user_id}/profile")
-            context = f'Summary of this user:\n"""\n{profile["text"].strip()}\n"""\n\n{context}'
+            context = f"Summary of this user:\n{quote_data(profile['text'].strip(), 'profile')}\n\n{context}"
         return context
 
     async def answer(

@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 from agent.llm import LLM
 from agent.prompts import PROFILE_SUMMARY
 from memory.records import Interaction
+from personaagent.quoting import history_lines
 
 
 def format_interactions(items: Sequence[Interaction], max_chars: int) -> str:
@@ -14,9 +15,7 @@ def format_interactions(items: Sequence[Interaction], max_chars: int) -> str:
     lines: list[str] = []
     used = 0
     for item in items:
-        line = f"- {item.input.strip()[:400]}"
-        if item.output:
-            line += f" -> {item.output.strip()[:200]}"
+        (line,) = history_lines([(item.input, item.output)], input_chars=400, output_chars=200)
         if used + len(line) > max_chars:
             break
         lines.append(line)
