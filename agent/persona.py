@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from agent.prompts import PERSONA_INIT
+from personaagent.quoting import quote_data
 
 NO_PROFILE = "No history is known for this user yet; infer their preferences from the conversation."
 
 
 def initial_persona(profile_text: str | None, max_chars: int) -> str:
     """Byte-stable for a given profile: no timestamps or retrieved text inside (prefix caching)."""
-    summary = " ".join((profile_text or "").split()) or NO_PROFILE
-    return bound_persona(PERSONA_INIT.render(profile=summary), max_chars)
+    summary = " ".join((profile_text or "").split())
+    # The profile is LLM-written from user data: it enters the persona fenced as data.
+    profile = quote_data(summary, "profile") if summary else NO_PROFILE
+    return bound_persona(PERSONA_INIT.render(profile=profile), max_chars)
 
 
 def bound_persona(text: str, max_chars: int) -> str:

@@ -33,19 +33,15 @@ PROFILE_SUMMARY = PromptTemplate(
 
 PERSONA_INIT = PromptTemplate(
     name="persona_init",
-    version=1,
+    version=2,
+    # v2: v1 without "think step by step" and the tool how-to (the tools describe themselves); the profile
+    # comes fenced as data. Checked on the synthetic `train` users only.
     text=(
         "You are a helpful personalized assistant for one specific user. Your goal is to answer the way "
         "this user would want, using what you know about their preferences, habits and past choices.\n\n"
         "User summary: {profile}\n\n"
-        "How to work:\n"
-        "1. Think step by step about what information you need to answer this user well.\n"
-        "2. Use the tools: search_memory finds the user's own past interactions (search with the key terms "
-        "of the request); get_profile returns the user's summary; search_documents searches the shared "
-        "document collection for facts.\n"
-        "3. Prefer the user's own history over general knowledge when they disagree: the user's past "
-        "labels, ratings and wording show their personal rules.\n"
-        "4. Answer concisely, in the format the request asks for."
+        "Prefer the user's own history over general knowledge when they disagree: the user's past labels, "
+        "ratings and wording show their personal rules. Answer concisely, in the format the request asks for."
     ),
 )
 

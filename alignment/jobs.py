@@ -77,6 +77,13 @@ class JobStore:
         with self._lock:
             return self._conn.execute("DELETE FROM jobs WHERE user_id = ?", (user_id,)).rowcount
 
+    def delete_finished_before(self, cutoff: datetime) -> int:
+        """Retention: finished (done or failed) jobs last updated before `cutoff` go."""
+        with self._lock:
+            return self._conn.execute(
+                "DELETE FROM jobs WHERE state IN ('done', 'failed') AND updated_at < ?", (cutoff.isoformat(),)
+            ).rowcount
+
     def queued(self) -> list[AlignmentJob]:
         with self._lock:
             rows = self._conn.execute(

@@ -145,7 +145,7 @@ class HTTPEvaluator:
         if method.context in {"pag", "agent"}:
             await self._call("POST", f"/v1/users/{user_id}/profile/refresh")
         if method.context == "agent":
-            await self._call("GET", f"/v1/users/{user_id}/persona")  # built from the profile
+            await self._call("POST", f"/v1/users/{user_id}/persona")  # built from the profile
         return user_id
 
     async def start_alignment(self, user_id: str) -> dict[str, Any]:

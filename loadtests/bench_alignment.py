@@ -63,7 +63,7 @@ class HttpMemory:
         self.client = client
 
     async def ensure_persona(self, user_id: str) -> PersonaVersion:
-        return PersonaVersion(**(await self.client.get(f"/v1/users/{user_id}/persona")).json())
+        return PersonaVersion(**(await self.client.post(f"/v1/users/{user_id}/persona")).json())
 
     async def search(
         self, user_id: str, query: str, k: int, exclude_ids: tuple[int, ...] = ()
@@ -200,7 +200,7 @@ def main() -> None:
                     for j in range(4)
                 ]
                 http.post(f"/v1/users/{user}/interactions", json=items).raise_for_status()
-                http.get(f"/v1/users/{user}/persona").raise_for_status()
+                http.post(f"/v1/users/{user}/persona").raise_for_status()
         with console.status("chat TTFT, engine idle"):
             idle_ttft = asyncio.run(chat_ttft(stack.base_url, model, args.ttft_samples))
         with Progress(console=console) as progress:

@@ -173,6 +173,14 @@ class AlignmentSettings(BaseModel):
     answer_max_tokens: int = Field(64, ge=1)
     persona_max_words: int = Field(250, ge=20)
     allow_fault_injection: bool = Field(False, description="tests only: POST /align?inject_failure_after=N")
+    job_timeout_s: float = Field(
+        1800,
+        gt=0,
+        description="an alignment job not done by then ends `failed` (its user may be queued again)",
+    )
+    job_retention_days: float = Field(
+        30, gt=0, description="finished alignment jobs (with their answers and candidates) are kept this long"
+    )
 
 
 class APIKeySetting(BaseModel):

@@ -129,14 +129,30 @@ def build_user_router(memory: Any, settings: Settings, alignment: Any | None = N
 
     # -- persona ---------------------------------------------------------------------------------
 
-    @router.get(
-        "/{user_id}/persona", response_model=PersonaVersion, summary="Current persona (created if new)"
-    )
+    @router.get("/{user_id}/persona", response_model=PersonaVersion, summary="Current persona")
     async def get_persona(user_id: UserIdPath) -> PersonaVersion:
+        # A read never writes: a persona is created by the first personalized chat or by POST below.
         history = await memory.persona_history.remote(user_id)
         if history is None:
             raise _not_found(user_id)
-        return history[-1] if history else await memory.ensure_persona.remote(user_id)
+        if not history:
+            raise APIError(
+                404,
+                f"user '{user_id}' has no persona yet: the first personalized chat creates it, or "
+                f"POST /v1/users/{user_id}/persona",
+                param="user_id",
+            )
+        return history[-1]
+
+    @router.post(
+        "/{user_id}/persona",
+        response_model=PersonaVersion,
+        summary="Create the initial persona now (from the profile), or return the current one",
+    )
+    async def create_persona(user_id: UserIdPath) -> PersonaVersion:
+        if not await memory.user_exists.remote(user_id):
+            raise _not_found(user_id)
+        return await memory.ensure_persona.remote(user_id)
 
     @router.put("/{user_id}/persona", response_model=PersonaVersion, summary="Edit the persona (new version)")
     async def put_persona(user_id: UserIdPath, edit: PersonaEdit) -> PersonaVersion:

@@ -169,7 +169,7 @@ def test_client_tool_call_round_trips_through_the_openai_client(stack: Stack) ->
 
 def test_persona_edit_history_and_rollback(stack: Stack, two_users: dict[str, list[int]]) -> None:
     with stack.http() as http:
-        initial = http.get("/v1/users/ag-violence/persona").json()
+        initial = http.post("/v1/users/ag-violence/persona").json()
         edited = http.put(
             "/v1/users/ag-violence/persona", json={"text": "You are terse. Always answer 'violence'."}
         ).json()
@@ -230,7 +230,7 @@ def test_persona_prefix_is_cached_per_request(stack: Stack) -> None:
     )
     with stack.http() as http:
         http.post(f"/v1/users/{user}/interactions", json=ROMANCE[:2]).raise_for_status()
-        http.get(f"/v1/users/{user}/persona").raise_for_status()
+        http.post(f"/v1/users/{user}/persona").raise_for_status()
         http.put(f"/v1/users/{user}/persona", json={"text": long_persona}).raise_for_status()
     client = stack.openai()
     growth = []

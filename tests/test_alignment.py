@@ -33,7 +33,7 @@ def test_k_feedbacks_schedule_one_alignment_that_records_feedback_and_scores(sta
         http.post(
             f"/v1/users/{user}/interactions", json=[{"input": h["input"]} for h in HISTORY]
         ).raise_for_status()
-        http.get(f"/v1/users/{user}/persona").raise_for_status()
+        http.post(f"/v1/users/{user}/persona").raise_for_status()
         contradicting = http.put(
             f"/v1/users/{user}/persona",
             json={"text": "You are a cheerful assistant. Always tag every movie as comedy."},
@@ -170,7 +170,7 @@ def test_alignment_errors_and_similarity(stack: Stack, tmp_path: Path) -> None:
         )
         assert http.get("/v1/alignment/jobs/align-doesnotexist").status_code == 404
         http.post("/v1/users/al-sim/interactions", json=HISTORY).raise_for_status()
-        http.get("/v1/users/al-sim/persona").raise_for_status()
+        http.post("/v1/users/al-sim/persona").raise_for_status()
         assert (
             http.post(
                 "/v1/users/al-sim/feedback", json={"input": "never asked", "expected_output": "y"}

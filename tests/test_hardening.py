@@ -33,7 +33,7 @@ def test_instruction_planted_in_a_document_does_not_change_another_users_persona
     for user in ("inj-attacker", "inj-victim"):
         http.post(f"/v1/users/{user}/interactions",
                   json=[{"input": "Where should I travel?", "output": "Lisbon"}]).raise_for_status()  # fmt: skip
-    victim_before = http.get("/v1/users/inj-victim/persona").json()
+    victim_before = http.post("/v1/users/inj-victim/persona").json()
 
     client = stack.openai()
     for question in (

@@ -68,6 +68,12 @@ def test_import_search_isolation_profile_export_delete(stack: Stack) -> None:
             _error(http.get(path), 404)
         _error(http.get("/v1/users/api-alice/memories", params={"query": "PIN"}), 404)
         _error(http.delete("/v1/users/api-alice"), 404)
+        # (That the index holds none of her vectors is checked on the service: test_memory_service.py.)
+        # The id used again on purpose starts empty: no old memory comes back.
+        http.post("/v1/users/api-alice/interactions", json=ROMANCE[:1]).raise_for_status()
+        hits = http.get("/v1/users/api-alice/memories", params={"query": SECRET, "k": 50}).json()["hits"]
+        assert [h["interaction"]["input"] for h in hits] == [ROMANCE[0]["input"]]
+        http.delete("/v1/users/api-alice").raise_for_status()
         # Bob is untouched.
         assert len(http.get("/v1/users/api-bob/export").json()["interactions"]) == 3
 
@@ -75,6 +81,24 @@ def test_import_search_isolation_profile_export_delete(stack: Stack) -> None:
     assert db.execute("SELECT COUNT(*) FROM interactions WHERE user_id='api-alice'").fetchone()[0] == 0
     assert db.execute("SELECT COUNT(*) FROM interactions WHERE input LIKE '%7302%'").fetchone()[0] == 0
     db.close()
+
+
+def test_reads_never_create_a_user_or_a_persona(stack: Stack) -> None:
+    with stack.http() as http:
+        for path in ("persona", "persona/history", "profile", "export"):
+            _error(http.get(f"/v1/users/safe-nobody/{path}"), 404)
+        _error(http.get("/v1/users/safe-nobody/memories", params={"query": "x"}), 404)
+        _error(http.post("/v1/users/safe-nobody/persona"), 404)
+        _error(http.get("/v1/users/safe-nobody/export"), 404)  # still nobody: no read or 404 created them
+
+        http.post("/v1/users/safe-carol/interactions", json=ROMANCE).raise_for_status()
+        err = _error(http.get("/v1/users/safe-carol/persona"), 404)
+        assert "no persona yet" in err["message"]
+        assert http.get("/v1/users/safe-carol/persona/history").json() == []  # the GET wrote nothing
+        created = http.post("/v1/users/safe-carol/persona").json()
+        assert created["version"] == 1 and created["reason"] == "init"
+        assert http.post("/v1/users/safe-carol/persona").json()["version"] == 1  # idempotent
+        assert http.get("/v1/users/safe-carol/persona").json() == created
 
 
 def test_profile_is_written_on_import(stack: Stack) -> None:

@@ -1,0 +1,167 @@
+"""The alignment queue: jobs in, rounds of users out, every job ending `done` or `failed`. No Ray here.
+
+The deployment (`serving/deployments/alignment.py`) is a thin adapter: it hands this service the job
+store, the memory port and a function that aligns one user on a pool worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from typing import Any, Protocol
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+
+from alignment.jobs import AlignmentJob, JobStore
+from alignment.loop import AlignmentOutcome
+from memory.records import PersonaVersion, utcnow
+from personaagent.settings import AlignmentSettings
+
+logger = logging.getLogger(__name__)
+
+# (worker index, user id, persona text, persona version, injected failure after N calls) -> outcome
+AlignOnWorker = Callable[[int, str, str, int, int | None], Awaitable[AlignmentOutcome]]
+
+
+class SchedulerMemory(Protocol):
+    """What the queue needs from memory (a handle adapter in serving, a fake in unit tests)."""
+
+    async def user_exists(self, user_id: str) -> bool: ...
+    async def current_persona(self, user_id: str) -> PersonaVersion | None: ...
+    async def ensure_persona(self, user_id: str) -> PersonaVersion: ...
+    async def set_persona_if_current(
+        self, user_id: str, text: str, base_version: int, details: dict[str, Any]
+    ) -> PersonaVersion | None: ...
+
+
+class AlignmentMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.queue_depth = Gauge(
+            "personaagent_alignment_queue_depth", "Users waiting for alignment.", registry=r
+        )
+        self.rounds = Counter("personaagent_alignment_rounds_total", "Alignment rounds run.", registry=r)
+        self.users = Counter("personaagent_alignment_users_total", "Users aligned.", ["outcome"], registry=r)
+        self.tokens = Counter(
+            "personaagent_alignment_tokens_total", "Tokens spent on alignment.", ["kind"], registry=r
+        )
+
+
+class AlignmentScheduler:
+    def __init__(
+        self,
+        jobs: JobStore,
+        memory: SchedulerMemory,
+        align: AlignOnWorker,
+        workers: int,
+        settings: AlignmentSettings,
+    ) -> None:
+        self.jobs = jobs
+        self.memory = memory
+        self.align = align
+        self.workers = workers
+        self.settings = settings
+        self.metrics = AlignmentMetrics()
+        self._wakeup = asyncio.Event()
+        self._faults: dict[str, int] = {}
+        self.prune()
+        if self.jobs.queued():
+            self._wakeup.set()
+
+    async def enqueue(self, user_id: str, reason: str, fail_after_calls: int | None = None) -> AlignmentJob:
+        """Queue an alignment for the user; a user already queued or running keeps its one job."""
+        existing = self.jobs.open_job_for(user_id)
+        if existing is not None:
+            return existing
+        job = self.jobs.create(user_id, reason)
+        if fail_after_calls is not None:
+            self._faults[job.id] = fail_after_calls
+        self.metrics.queue_depth.set(len(self.jobs.queued()))
+        self._wakeup.set()
+        return job
+
+    def forget_user(self, user_id: str) -> int:
+        """The user was deleted: their job rows go, queued ones with them; a running one writes nothing."""
+        removed = self.jobs.delete_user(user_id)
+        self.metrics.queue_depth.set(len(self.jobs.queued()))
+        return removed
+
+    def prune(self) -> int:
+        """Finished jobs older than the retention go (their results hold answers and candidate personas)."""
+        cutoff = utcnow() - timedelta(days=self.settings.job_retention_days)
+        return self.jobs.delete_finished_before(cutoff)
+
+    def metrics_text(self) -> str:
+        return generate_latest(self.metrics.registry).decode()
+
+    # -- the rounds --------------------------------------------------------------------------------
+
+    async def run_forever(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            try:
+                while batch := self.jobs.queued()[: self.settings.round_size]:
+                    await self.round(batch)
+                self.prune()
+            except Exception:  # a broken job store must not end the loop for good
+                logger.exception("alignment round failed")
+
+    async def round(self, jobs: list[AlignmentJob]) -> None:
+        self.metrics.rounds.inc()
+        for job in jobs:
+            self.jobs.update(job.id, "running")
+        self.metrics.queue_depth.set(len(self.jobs.queued()))
+        await asyncio.gather(*(self.run_job(n, job) for n, job in enumerate(jobs)))
+
+    async def run_job(self, n: int, job: AlignmentJob) -> None:
+        """One user's alignment, its persona write included; whatever fails, fails this job alone."""
+        limit = self.settings.job_timeout_s
+        try:
+            result = await asyncio.wait_for(self._align_and_store(n, job), timeout=limit)
+        except TimeoutError:
+            self._fail(job, f"TimeoutError: not done within alignment.job_timeout_s={limit:g} s")
+        except Exception as exc:
+            cause = getattr(exc, "cause", None) or exc  # Ray wraps a worker's error; keep the real one
+            logger.warning("alignment job %s failed: %r", job.id, cause)
+            self._fail(job, f"{type(cause).__name__}: {cause}")
+        else:
+            if result is not None:
+                self.metrics.users.labels("accepted" if result.get("accepted") else "rejected").inc()
+                self.jobs.update(job.id, "done", result=result)
+        finally:
+            self._faults.pop(job.id, None)
+
+    def _fail(self, job: AlignmentJob, error: str) -> None:
+        self.metrics.users.labels("failed").inc()
+        self.jobs.update(job.id, "failed", error=error[:500])
+
+    async def _align_and_store(self, n: int, job: AlignmentJob) -> dict[str, Any] | None:
+        if not await self.memory.user_exists(job.user_id):
+            return None  # deleted since it was queued: its row is gone and nothing may re-create the user
+        current = await self.memory.current_persona(job.user_id)
+        if current is None:
+            current = await self.memory.ensure_persona(job.user_id)
+        outcome = await self.align(
+            n % self.workers, job.user_id, current.text, current.version, self._faults.get(job.id)
+        )
+        self.metrics.tokens.labels("prompt").inc(outcome.prompt_tokens)
+        self.metrics.tokens.labels("completion").inc(outcome.completion_tokens)
+        result = outcome.model_dump()
+        if outcome.accepted and outcome.candidate:
+            details = {
+                "feedback": outcome.feedback, "score_before": outcome.score_before, "score_after": outcome.score_after,
+                "metric": outcome.metric, "interactions": outcome.interactions, "prompt_tokens": outcome.prompt_tokens,
+                "completion_tokens": outcome.completion_tokens, "seconds": outcome.seconds, "job_id": job.id,
+            }  # fmt: skip
+            stored = await self.memory.set_persona_if_current(
+                job.user_id, outcome.candidate, outcome.base_version, details
+            )
+            result["persona_version"] = stored.version if stored else None
+            if stored is None:
+                result["accepted"] = False
+                result["skipped"] = "the persona changed (or the user was deleted) while aligning"
+        return result

@@ -1,0 +1,129 @@
+"""The alignment queue without Ray: every job ends done or failed, within its time limit, alone."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from alignment.jobs import JobStore
+from alignment.loop import AlignmentOutcome
+from alignment.scheduler import AlignmentScheduler
+from memory.records import PersonaVersion, utcnow
+from personaagent.settings import AlignmentSettings
+
+
+class FakeMemory:
+    def __init__(self, users: set[str], fail_write_for: set[str] = frozenset()) -> None:  # type: ignore[assignment]
+        self.users = set(users)
+        self.fail_write_for = set(fail_write_for)
+        self.personas: dict[str, PersonaVersion] = {}
+
+    async def user_exists(self, user_id: str) -> bool:
+        return user_id in self.users
+
+    async def current_persona(self, user_id: str) -> PersonaVersion | None:
+        return self.personas.get(user_id)
+
+    async def ensure_persona(self, user_id: str) -> PersonaVersion:
+        return self.personas.setdefault(
+            user_id,
+            PersonaVersion(user_id=user_id, version=1, text="p", reason="init", parent=None, details={},
+                           created_at=utcnow()),  # fmt: skip
+        )
+
+    async def set_persona_if_current(
+        self, user_id: str, text: str, base_version: int, details: dict[str, Any]
+    ) -> PersonaVersion | None:
+        if user_id in self.fail_write_for:
+            raise OSError("disk full")
+        if user_id not in self.users:
+            return None
+        new = self.personas[user_id].model_copy(update={"version": base_version + 1, "text": text})
+        self.personas[user_id] = new
+        return new
+
+
+def _scheduler(
+    tmp_path: Path, memory: FakeMemory, align: Any, **settings: Any
+) -> tuple[AlignmentScheduler, JobStore]:
+    jobs = JobStore(tmp_path / "jobs.db")
+    return AlignmentScheduler(jobs, memory, align, 2, AlignmentSettings(**settings)), jobs
+
+
+def _accepting(cancelled: list[str] | None = None, slow: set[str] = frozenset()) -> Any:  # type: ignore[assignment]
+    async def align(worker: int, user_id: str, text: str, version: int, faults: int | None) -> AlignmentOutcome:
+        if user_id in slow:
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                if cancelled is not None:
+                    cancelled.append(user_id)
+                raise
+        if user_id.startswith("boom"):
+            raise RuntimeError("engine exploded")
+        return AlignmentOutcome(user_id=user_id, base_version=version, accepted=True, candidate=f"new {user_id}")
+
+    return align
+
+
+async def test_a_failing_persona_write_fails_that_job_only_and_frees_the_user(tmp_path: Path) -> None:
+    memory = FakeMemory({"ok", "diskfull", "boom1"}, fail_write_for={"diskfull"})
+    scheduler, jobs = _scheduler(tmp_path, memory, _accepting())
+    queued = [await scheduler.enqueue(u, "forced") for u in ("ok", "diskfull", "boom1")]
+    await scheduler.round(queued)
+    states = {j.user_id: jobs.get(j.id) for j in queued}
+    assert states["ok"].state == "done" and states["ok"].result["persona_version"] == 2  # type: ignore[union-attr,index]
+    assert states["diskfull"].state == "failed" and "OSError: disk full" in states["diskfull"].error  # type: ignore[union-attr,operator]
+    assert states["boom1"].state == "failed" and "RuntimeError" in states["boom1"].error  # type: ignore[union-attr,operator]
+    # Nothing stays `running`: a failed user can be aligned again.
+    again = await scheduler.enqueue("diskfull", "forced")
+    assert again.id != states["diskfull"].id and again.state == "queued"  # type: ignore[union-attr]
+
+
+async def test_a_job_past_its_time_limit_fails_and_its_work_is_cancelled(tmp_path: Path) -> None:
+    cancelled: list[str] = []
+    memory = FakeMemory({"slow", "fast"})
+    scheduler, jobs = _scheduler(tmp_path, memory, _accepting(cancelled, slow={"slow"}), job_timeout_s=0.3)
+    queued = [await scheduler.enqueue(u, "forced") for u in ("slow", "fast")]
+    await asyncio.wait_for(scheduler.round(queued), timeout=10)
+    slow, fast = (jobs.get(j.id) for j in queued)
+    assert slow.state == "failed" and "job_timeout_s=0.3" in slow.error  # type: ignore[union-attr,operator]
+    assert fast.state == "done"  # type: ignore[union-attr]
+    assert cancelled == ["slow"]
+
+
+async def test_a_user_deleted_while_aligning_gets_nothing_written(tmp_path: Path) -> None:
+    memory = FakeMemory({"gone"})
+
+    async def align(worker: int, user_id: str, text: str, version: int, faults: int | None) -> AlignmentOutcome:
+        memory.users.discard(user_id)  # DELETE arrives mid-alignment
+        return AlignmentOutcome(user_id=user_id, base_version=version, accepted=True, candidate="x")
+
+    scheduler, jobs = _scheduler(tmp_path, memory, align)
+    job = await scheduler.enqueue("gone", "forced")
+    await scheduler.round([job])
+    assert memory.personas["gone"].version == 1
+    assert jobs.get(job.id).result["accepted"] is False  # type: ignore[union-attr,index]
+
+
+async def test_finished_jobs_older_than_the_retention_are_pruned(tmp_path: Path) -> None:
+    memory = FakeMemory({"old", "new", "waiting"})
+    scheduler, jobs = _scheduler(tmp_path, memory, _accepting(), job_retention_days=1)
+    old, new = await scheduler.enqueue("old", "forced"), await scheduler.enqueue("new", "forced")
+    await scheduler.round([old, new])
+    waiting = await scheduler.enqueue("waiting", "forced")
+    stale = (utcnow() - timedelta(days=2)).isoformat()
+    jobs._conn.execute("UPDATE jobs SET updated_at = ? WHERE id IN (?, ?)", (stale, old.id, waiting.id))
+    assert scheduler.prune() == 1
+    assert jobs.get(old.id) is None and jobs.get(new.id) is not None
+    assert jobs.get(waiting.id) is not None  # a queued job is never pruned, however old
+
+
+@pytest.mark.parametrize("days", [0, -1])
+def test_retention_must_be_positive(days: float) -> None:
+    with pytest.raises(ValueError):
+        AlignmentSettings(job_retention_days=days)
