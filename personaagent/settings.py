@@ -93,6 +93,13 @@ class ServerSettings(BaseModel):
         ge=1,
         description="per ingress replica; beyond it 429 with Retry-After (health and metrics exempt)",
     )
+    max_inflight_share_per_key: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="share of max_inflight_requests one API key may hold; past it that key gets 429 "
+        "while other keys still get in (no keys configured: no per-key bound)",
+    )
     retry_after_s: int = Field(1, ge=1)
     ingress_replicas: int = Field(1, ge=1)
     health_timeout_s: float = Field(3.0, gt=0)

@@ -18,7 +18,7 @@ from personaagent.settings import Settings
 from serving.alignment_routes import build_alignment_router
 from serving.auth import Authenticator, principal_of, require_admin, require_user
 from serving.backend import ChatBackend
-from serving.backpressure import InflightLimiter
+from serving.backpressure import AdmissionMiddleware, InflightCounts
 from serving.errors import (
     ERROR_RESPONSES,
     APIError,
@@ -88,38 +88,24 @@ def build_http_app(
         dependencies=[Depends(scope_user_routes)],
         responses=ERROR_RESPONSES,
     )
-    authenticator = Authenticator(settings.auth)
-    limiter = InflightLimiter(settings.server.max_inflight_requests, settings.server.retry_after_s)
     metrics = HTTPMetrics()
     app.state.metrics = metrics
+    app.state.inflight = InflightCounts()
     install_error_handlers(app)
-    max_body = settings.server.max_body_bytes
-
-    async def admit(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        """Authentication first (before the body is read), then the body size limit, then backpressure."""
-        try:
-            request.state.principal = authenticator.authenticate(request)
-        except APIError as exc:
-            return error_response(exc.status, exc.message)
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > max_body:
-            return error_response(
-                413, f"request body of {declared} bytes exceeds the limit of {max_body} bytes"
-            )
-        if (
-            declared is None
-            and request.method in {"POST", "PUT", "PATCH"}
-            and len(await request.body()) > max_body
-        ):
-            return error_response(413, f"request body exceeds the limit of {max_body} bytes")
-        return await limiter(request, call_next)
+    # Inside the metrics middleware below (added later, so outermost): 401/413/429 are counted too.
+    app.add_middleware(
+        AdmissionMiddleware,
+        authenticator=Authenticator(settings.auth),
+        limits=settings.server,
+        counts=app.state.inflight,
+    )
 
     @app.middleware("http")
     async def limits_and_metrics(
         request: Request, call_next: Callable[[Request], Awaitable[Response]]
     ) -> Response:
         started = time.perf_counter()
-        response = await admit(request, call_next)
+        response = await call_next(request)
         route = _route_label(request)
         metrics.requests.labels(request.method, route, str(response.status_code)).inc()
         metrics.latency.labels(request.method, route).observe(time.perf_counter() - started)

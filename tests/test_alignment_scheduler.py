@@ -29,11 +29,10 @@ class FakeMemory:
         return self.personas.get(user_id)
 
     async def ensure_persona(self, user_id: str) -> PersonaVersion:
-        return self.personas.setdefault(
-            user_id,
-            PersonaVersion(user_id=user_id, version=1, text="p", reason="init", parent=None, details={},
-                           created_at=utcnow()),  # fmt: skip
+        first = PersonaVersion(
+            user_id=user_id, version=1, text="p", reason="init", parent=None, created_at=utcnow()
         )
+        return self.personas.setdefault(user_id, first)
 
     async def set_persona_if_current(
         self, user_id: str, text: str, base_version: int, details: dict[str, Any]
@@ -55,7 +54,9 @@ def _scheduler(
 
 
 def _accepting(cancelled: list[str] | None = None, slow: set[str] = frozenset()) -> Any:  # type: ignore[assignment]
-    async def align(worker: int, user_id: str, text: str, version: int, faults: int | None) -> AlignmentOutcome:
+    async def align(
+        worker: int, user_id: str, text: str, version: int, faults: int | None
+    ) -> AlignmentOutcome:
         if user_id in slow:
             try:
                 await asyncio.sleep(3600)
@@ -65,7 +66,9 @@ def _accepting(cancelled: list[str] | None = None, slow: set[str] = frozenset())
                 raise
         if user_id.startswith("boom"):
             raise RuntimeError("engine exploded")
-        return AlignmentOutcome(user_id=user_id, base_version=version, accepted=True, candidate=f"new {user_id}")
+        return AlignmentOutcome(
+            user_id=user_id, base_version=version, accepted=True, candidate=f"new {user_id}"
+        )
 
     return align
 
@@ -99,7 +102,9 @@ async def test_a_job_past_its_time_limit_fails_and_its_work_is_cancelled(tmp_pat
 async def test_a_user_deleted_while_aligning_gets_nothing_written(tmp_path: Path) -> None:
     memory = FakeMemory({"gone"})
 
-    async def align(worker: int, user_id: str, text: str, version: int, faults: int | None) -> AlignmentOutcome:
+    async def align(
+        worker: int, user_id: str, text: str, version: int, faults: int | None
+    ) -> AlignmentOutcome:
         memory.users.discard(user_id)  # DELETE arrives mid-alignment
         return AlignmentOutcome(user_id=user_id, base_version=version, accepted=True, candidate="x")
 
