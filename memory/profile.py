@@ -39,7 +39,7 @@ class ProfileWriter:
         self.max_input_chars = max_input_chars
         self.max_tokens = max_tokens
 
-    async def write(self, user_id: str, interactions: Sequence[Interaction]) -> str:
+    async def write(self, user_id: str, interactions: Sequence[Interaction], priority: int) -> str:
         prompt = PROFILE_SUMMARY.render(
             max_words=str(self.max_words),
             interactions=format_interactions(interactions, self.max_input_chars),
@@ -49,7 +49,7 @@ class ProfileWriter:
             max_tokens=self.max_tokens,
             temperature=0.0,
             cache_salt=self.salt_for(user_id),
-            priority=1,  # background work yields to chat (lower value runs first)
+            priority=priority,
         )
         return result.text.strip()
 

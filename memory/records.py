@@ -37,6 +37,16 @@ class InteractionIn(BaseModel):
         return value
 
 
+class StorageQuotaExceeded(Exception):
+    """A write would take a user past `memory.max_items_per_user` or `memory.max_bytes_per_user`."""
+
+
+class ImportRefused(BaseModel):
+    """An import the memory service turned down (returned, not raised: imports are batched across users)."""
+
+    message: str
+
+
 class Interaction(BaseModel):
     id: int
     user_id: str

@@ -27,7 +27,7 @@ from memory.records import (
     UserExport,
 )
 from memory.store import SQLiteStore, Store
-from personaagent.settings import MemorySettings, Settings
+from personaagent.settings import MemorySettings, Priority, Settings
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +46,7 @@ class MemoryService:
         settings: MemorySettings,
         profile_writer: ProfileWriter | None = None,
         documents: DocumentIndex | None = None,
+        background_priority: int = Priority.BACKGROUND,
     ) -> None:
         self.store = store
         self.embedder = embedder
@@ -53,6 +54,7 @@ class MemoryService:
         self.settings = settings
         self.profile_writer = profile_writer
         self.documents = documents
+        self.background_priority = background_priority
         self._profile_tasks: dict[str, asyncio.Task[Profile | None]] = {}
         self._persona_locks: dict[str, asyncio.Lock] = {}
         self.rebuild_index()
@@ -63,7 +65,10 @@ class MemoryService:
         embedder = Embedder(batch_size=settings.memory.embed_batch_size)
         index = EpisodicIndex(embedder.dim, settings.memory.device)
         documents = DocumentIndex(db_path, embedder.dim)
-        return cls(SQLiteStore(db_path), embedder, index, settings.memory, profile_writer, documents)
+        return cls(
+            SQLiteStore(db_path), embedder, index, settings.memory, profile_writer, documents,
+            background_priority=settings.alignment.priority,
+        )  # fmt: skip
 
     def rebuild_index(self) -> int:
         """The index is derived data: rebuild it from the embeddings stored in the database."""
@@ -82,7 +87,8 @@ class MemoryService:
     ) -> list[int]:
         if vectors is None:
             vectors = self.embedder.encode([embedding_text(i) for i in items])
-        ids = self.store.add_interactions(user_id, items, vectors, source)  # committed here
+        quota = (self.settings.max_items_per_user, self.settings.max_bytes_per_user)
+        ids = self.store.add_interactions(user_id, items, vectors, source, quota)  # committed here
         self.index.add(user_id, np.asarray(ids, dtype=np.int64), vectors)
         return ids
 
@@ -128,18 +134,55 @@ class MemoryService:
 
     # -- semantic memory ---------------------------------------------------------------------------
 
-    async def refresh_profile(self, user_id: str) -> Profile | None:
-        """Write a new profile version from the user's latest interactions (None: unknown user)."""
+    async def refresh_profile(self, user_id: str, background: bool = True) -> Profile | None:
+        """Write a new profile version from the user's latest interactions (None: unknown user).
+
+        One refresh at a time per user: a call while one runs gets that one's result. `background`: at the
+        background priority (an explicit refresh, or one after an import); a chat waiting for its first
+        persona asks for it at PROFILE_FOR_CHAT.
+        """
         if self.profile_writer is None:
             raise RuntimeError("no LLM configured for profile writing")
-        user = self.store.get_user(user_id)
-        if user is None:
+        if self.store.get_user(user_id) is None:
             return None
+        task = self._refresh_task(user_id, background)
+        try:
+            return await asyncio.shield(task)  # a caller that goes away leaves the shared refresh running
+        except asyncio.CancelledError:
+            if task.cancelled():  # the user was deleted meanwhile
+                return None
+            raise
+
+    def _refresh_task(self, user_id: str, background: bool) -> asyncio.Task[Profile | None]:
+        task = self._profile_tasks.get(user_id)
+        if task is not None:
+            return task
+        priority = self.background_priority if background else Priority.PROFILE_FOR_CHAT
+        task = asyncio.get_running_loop().create_task(self._write_profile(user_id, priority))
+        self._profile_tasks[user_id] = task
+
+        def _done(t: asyncio.Task[Profile | None]) -> None:
+            if self._profile_tasks.get(user_id) is t:
+                del self._profile_tasks[user_id]
+            if not t.cancelled() and t.exception() is not None:
+                logger.warning("profile refresh for %s failed: %s", user_id, t.exception())
+
+        task.add_done_callback(_done)
+        return task
+
+    async def _write_profile(self, user_id: str, priority: int) -> Profile | None:
+        assert self.profile_writer is not None
         recent = self.store.list_interactions(user_id, limit=200)
-        text = await self.profile_writer.write(user_id, recent)
+        text = await self.profile_writer.write(user_id, recent, priority)
         if not self.user_exists(user_id):  # erased while the LLM was writing: do not resurrect
             return None
-        return self.store.add_profile(user_id, text, len(recent), self.profile_writer.prompt_ref)
+        return self.store.add_profile(
+            user_id,
+            text,
+            len(recent),
+            self.profile_writer.prompt_ref,
+            keep=self.settings.max_profile_versions,
+        )
 
     def maybe_refresh_profile(self, user_id: str) -> None:
         """Start a background profile refresh when the user has none yet or N new interactions."""
@@ -151,19 +194,14 @@ class MemoryService:
         due = self.store.latest_profile(user_id) is None or (
             user.interactions_since_profile >= self.settings.profile_refresh_every
         )
-        if not due:
-            return
-        task = asyncio.get_running_loop().create_task(self.refresh_profile(user_id))
-        self._profile_tasks[user_id] = task
-
-        def _done(t: asyncio.Task[Profile | None]) -> None:
-            self._profile_tasks.pop(user_id, None)
-            if not t.cancelled() and t.exception() is not None:
-                logger.warning("profile refresh for %s failed: %s", user_id, t.exception())
-
-        task.add_done_callback(_done)
+        if due:
+            self._refresh_task(user_id, background=True)
 
     # -- personas (the agent's per-user system prompt; stored here, shaped by agent.persona) ---------
+
+    @property
+    def _keep_personas(self) -> int:
+        return self.settings.max_persona_versions
 
     def _persona_lock(self, user_id: str) -> asyncio.Lock:
         return self._persona_locks.setdefault(user_id, asyncio.Lock())
@@ -185,11 +223,10 @@ class MemoryService:
                 and self.profile_writer is not None
                 and self.store.list_interactions(user_id, limit=1)
             ):
-                task = self._profile_tasks.get(user_id)
-                profile = await task if task is not None else await self.refresh_profile(user_id)
+                profile = await self.refresh_profile(user_id, background=False)
             text = initial_persona(profile.text if profile else None, max_chars)
             details = {"profile_version": profile.version if profile else None, "prompt": PERSONA_INIT.ref}
-            return self.store.add_persona(user_id, text, "init", None, details)
+            return self.store.add_persona(user_id, text, "init", None, details, keep=self._keep_personas)
 
     def set_persona(
         self,
@@ -203,13 +240,15 @@ class MemoryService:
         if current is None and not self.user_exists(user_id):
             return None
         parent = parent if parent is not None else (current.version if current else None)
-        return self.store.add_persona(user_id, text, reason, parent, details or {})
+        return self.store.add_persona(user_id, text, reason, parent, details or {}, keep=self._keep_personas)
 
     def rollback_persona(self, user_id: str, version: int) -> PersonaVersion | None:
         target = next((p for p in self.store.list_personas(user_id) if p.version == version), None)
         if target is None:
             return None
-        return self.store.add_persona(user_id, target.text, "rollback", version, {"rolled_back_to": version})
+        return self.store.add_persona(
+            user_id, target.text, "rollback", version, {"rolled_back_to": version}, keep=self._keep_personas
+        )
 
     # -- ground truth and analytics ----------------------------------------------------------------
 

@@ -20,7 +20,16 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from memory.records import Interaction, InteractionIn, PersonaVersion, Profile, Source, UserRecord, utcnow
+from memory.records import (
+    Interaction,
+    InteractionIn,
+    PersonaVersion,
+    Profile,
+    Source,
+    StorageQuotaExceeded,
+    UserRecord,
+    utcnow,
+)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS users (
@@ -67,7 +76,12 @@ class Store(Protocol):
     """What the memory service needs from a database."""
 
     def add_interactions(
-        self, user_id: str, items: Sequence[InteractionIn], embeddings: np.ndarray, source: Source
+        self,
+        user_id: str,
+        items: Sequence[InteractionIn],
+        embeddings: np.ndarray,
+        source: Source,
+        quota: tuple[int, int] | None = None,
     ) -> list[int]: ...
     def get_user(self, user_id: str) -> UserRecord | None: ...
     def ensure_user(self, user_id: str) -> UserRecord: ...
@@ -75,11 +89,19 @@ class Store(Protocol):
     def get_interactions(self, ids: Sequence[int]) -> list[Interaction]: ...
     def list_interactions(self, user_id: str, limit: int | None = None) -> list[Interaction]: ...
     def iter_embeddings(self) -> Iterator[tuple[str, np.ndarray, np.ndarray]]: ...
-    def add_profile(self, user_id: str, text: str, covered: int, prompt: str) -> Profile: ...
+    def add_profile(
+        self, user_id: str, text: str, covered: int, prompt: str, keep: int | None = None
+    ) -> Profile: ...
     def latest_profile(self, user_id: str) -> Profile | None: ...
     def list_profiles(self, user_id: str) -> list[Profile]: ...
     def add_persona(
-        self, user_id: str, text: str, reason: str, parent: int | None, details: dict[str, Any]
+        self,
+        user_id: str,
+        text: str,
+        reason: str,
+        parent: int | None,
+        details: dict[str, Any],
+        keep: int | None = None,
     ) -> PersonaVersion: ...
     def list_personas(self, user_id: str) -> list[PersonaVersion]: ...
     def delete_user(self, user_id: str) -> bool: ...
@@ -90,6 +112,31 @@ class Store(Protocol):
     def take_alignment_due(self, user_id: str, every: int) -> bool: ...
     def current_personas(self) -> dict[str, str]: ...
     def close(self) -> None: ...
+
+
+def _item_bytes(item: InteractionIn) -> int:
+    return len(item.input.encode()) + len((item.output or "").encode())
+
+
+def _check_quota(
+    conn: sqlite3.Connection, user_id: str, items: Sequence[InteractionIn], max_items: int, max_bytes: int
+) -> None:
+    count, size = conn.execute(
+        "SELECT COUNT(*), COALESCE(SUM(LENGTH(CAST(input AS BLOB)) + LENGTH(CAST(COALESCE(output, '') AS BLOB))), 0)"
+        " FROM interactions WHERE user_id = ?",
+        (user_id,),
+    ).fetchone()
+    new_bytes = sum(_item_bytes(i) for i in items)
+    if count + len(items) > max_items:
+        raise StorageQuotaExceeded(
+            f"user '{user_id}' holds {count} interactions; {len(items)} more would pass the limit of "
+            f"{max_items} (memory.max_items_per_user)"
+        )
+    if size + new_bytes > max_bytes:
+        raise StorageQuotaExceeded(
+            f"user '{user_id}' holds {size} bytes of interactions; {new_bytes} more would pass the limit of "
+            f"{max_bytes} (memory.max_bytes_per_user)"
+        )
 
 
 def _ts(value: datetime) -> str:
@@ -156,13 +203,22 @@ class SQLiteStore:
     # -- interactions ------------------------------------------------------------------------------
 
     def add_interactions(
-        self, user_id: str, items: Sequence[InteractionIn], embeddings: np.ndarray, source: Source
+        self,
+        user_id: str,
+        items: Sequence[InteractionIn],
+        embeddings: np.ndarray,
+        source: Source,
+        quota: tuple[int, int] | None = None,
     ) -> list[int]:
+        """Insert in one transaction. `quota`: (max items, max bytes) the user may hold afterwards; checked
+        inside the transaction, so concurrent writes cannot pass it together."""
         if len(items) != len(embeddings):
             raise ValueError("one embedding per interaction")
         now = _ts(utcnow())
         ids: list[int] = []
         with self._tx() as conn:
+            if quota is not None:
+                _check_quota(conn, user_id, items, *quota)
             self._ensure_user(conn, user_id)
             for item, vector in zip(items, embeddings, strict=True):
                 cur = conn.execute(
@@ -291,7 +347,10 @@ class SQLiteStore:
 
     # -- semantic memory ---------------------------------------------------------------------------
 
-    def add_profile(self, user_id: str, text: str, covered: int, prompt: str) -> Profile:
+    def add_profile(
+        self, user_id: str, text: str, covered: int, prompt: str, keep: int | None = None
+    ) -> Profile:
+        """A new profile version; `keep`: how many versions stay (the oldest beyond it go)."""
         now = utcnow()
         with self._tx() as conn:
             self._ensure_user(conn, user_id)
@@ -301,6 +360,10 @@ class SQLiteStore:
                 " VALUES (?, ?, ?, ?, ?, ?)",
                 (user_id, version, text, covered, prompt, _ts(now)),
             )
+            if keep is not None:
+                conn.execute(
+                    "DELETE FROM profiles WHERE user_id = ? AND version <= ?", (user_id, version - keep)
+                )
             conn.execute("UPDATE users SET interactions_since_profile = 0 WHERE user_id = ?", (user_id,))
         return Profile(
             user_id=user_id,
@@ -324,8 +387,15 @@ class SQLiteStore:
     # -- personas ----------------------------------------------------------------------------------
 
     def add_persona(
-        self, user_id: str, text: str, reason: str, parent: int | None, details: dict[str, Any]
+        self,
+        user_id: str,
+        text: str,
+        reason: str,
+        parent: int | None,
+        details: dict[str, Any],
+        keep: int | None = None,
     ) -> PersonaVersion:
+        """A new persona version; `keep`: how many versions stay (the oldest beyond it go)."""
         now = utcnow()
         with self._tx() as conn:
             self._ensure_user(conn, user_id)
@@ -335,6 +405,10 @@ class SQLiteStore:
                 " VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (user_id, version, text, reason, parent, _ts(now), json.dumps(details)),
             )
+            if keep is not None:
+                conn.execute(
+                    "DELETE FROM personas WHERE user_id = ? AND version <= ?", (user_id, version - keep)
+                )
         return PersonaVersion(
             user_id=user_id,
             version=version,

@@ -7,6 +7,7 @@ the YAML file named by `PERSONAAGENT_CONFIG` (default `configs/cpu.yaml`), field
 from __future__ import annotations
 
 import os
+from enum import IntEnum
 from pathlib import Path
 from typing import Any, Literal
 
@@ -123,12 +124,38 @@ class MemorySettings(BaseModel):
     profile_max_words: int = Field(80, ge=10)
     profile_max_input_chars: int = Field(4000, ge=200)
     profile_on_import: bool = True
+    max_items_per_user: int = Field(
+        100_000,
+        ge=1,
+        description="stored interactions per user; an import past it gets 413, a chat write-back is dropped",
+    )
+    max_bytes_per_user: int = Field(
+        50_000_000, ge=1_000, description="UTF-8 bytes of stored inputs and outputs per user (same rule)"
+    )
+    max_persona_versions: int = Field(
+        50, ge=1, description="persona versions kept per user (oldest go first)"
+    )
+    max_profile_versions: int = Field(
+        10, ge=1, description="profile versions kept per user (oldest go first)"
+    )
     num_replicas: int = Field(1, ge=1)
     placement_resource: str | None = Field(
         None,
         description="Ray custom resource of the node that mounts data_dir (e.g. the head pod with the "
         "PersistentVolumeClaim); the memory and alignment deployments are placed there",
     )
+
+
+class Priority(IntEnum):
+    """vLLM request priorities, lower first (the engine runs with `--scheduling-policy priority`).
+
+    Background work (alignment, explicit or post-import profile refreshes) runs at `alignment.priority`;
+    BACKGROUND is its default. The engine's background gate holds back requests at or past that level.
+    """
+
+    CHAT = 0
+    PROFILE_FOR_CHAT = 1  # a first chat waits for its profile: not held back like background work
+    BACKGROUND = 10
 
 
 class AgentSettings(BaseModel):
@@ -164,7 +191,11 @@ class AlignmentSettings(BaseModel):
     pool_size: int = Field(2, ge=1, description="Ray actors in the alignment pool")
     round_size: int = Field(64, ge=1, description="users gathered into one round")
     max_inflight_calls: int = Field(32, ge=1, description="cap on concurrent engine calls per pool actor")
-    priority: int = Field(10, description="vLLM request priority of alignment calls (chat: 0; lower first)")
+    priority: int = Field(
+        Priority.BACKGROUND,
+        description="vLLM request priority of background work: alignment calls and profile refreshes "
+        "(chat: 0; lower first)",
+    )
     yield_to_chat: bool = Field(
         True, description="engine replicas hold back new alignment calls while chat runs on them"
     )

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from memory.records import (
     USER_ID_PATTERN,
+    ImportRefused,
     ImportResult,
     InteractionIn,
     PersonaVersion,
@@ -73,6 +74,8 @@ def build_user_router(memory: Any, settings: Settings, alignment: Any | None = N
                     400, f"item {n}: longer than {limits.max_input_chars} characters", param=f"{n}.input"
                 )
         ids = await memory.import_interactions.remote(user_id, items, "import")
+        if isinstance(ids, ImportRefused):
+            raise APIError(413, ids.message, param="body")
         if (
             alignment is not None
             and schedule_alignment

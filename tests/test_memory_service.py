@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from memory.embedder import Embedder
 from memory.index import EpisodicIndex
-from memory.records import InteractionIn
+from memory.records import Interaction, InteractionIn, StorageQuotaExceeded
 from memory.service import MemoryService
 from memory.store import SQLiteStore
-from personaagent.settings import MemorySettings
+from personaagent.settings import MemorySettings, Priority
 
 ROMANCE = [
     "Tag the movie: two strangers fall in love on a train across Europe",
@@ -34,9 +36,9 @@ def embedder() -> Embedder:
     return Embedder()
 
 
-def open_service(path: Path, embedder: Embedder) -> MemoryService:
-    settings = MemorySettings(device="cpu")
-    return MemoryService(SQLiteStore(path), embedder, EpisodicIndex(embedder.dim, "cpu"), settings)
+def open_service(path: Path, embedder: Embedder, writer: Any = None, **limits: Any) -> MemoryService:
+    settings = MemorySettings(device="cpu", **limits)
+    return MemoryService(SQLiteStore(path), embedder, EpisodicIndex(embedder.dim, "cpu"), settings, writer)
 
 
 @pytest.fixture
@@ -163,3 +165,63 @@ def test_ground_truth_makes_a_user_due_once_per_k(service: MemoryService) -> Non
     truths = service.store.ground_truth("kim", 3)
     assert truths[0].output == "label" and len(truths) == 3
     assert service.attach_feedback("kim", "x", completion_id="nope", input_text=None) is None
+
+
+def test_storage_quotas_refuse_a_write_whole(tmp_path: Path, embedder: Embedder) -> None:
+    svc = open_service(tmp_path / "q.db", embedder, max_items_per_user=4, max_bytes_per_user=1_000)
+    try:
+        svc.add_interactions_sync("hana", _items(ROMANCE), "import")
+        with pytest.raises(StorageQuotaExceeded, match="max_items_per_user"):
+            svc.add_interactions_sync("hana", _items(VIOLENCE[:2]), "import")  # 3 + 2 > 4
+        assert len(svc.store.list_interactions("hana")) == 3  # nothing of the refused write was kept
+        assert svc.index.total() == 3
+        with pytest.raises(StorageQuotaExceeded, match="max_bytes_per_user"):
+            svc.add_interactions_sync("hana", _items(["é" * 450]), "import")  # 900 bytes, not 450 characters
+        svc.add_interactions_sync("hana", _items(["short"]), "import")  # still room for one small item
+        svc.add_interactions_sync("ines", _items(VIOLENCE), "import")  # the quota is per user
+    finally:
+        svc.close()
+
+
+def test_only_the_newest_persona_and_profile_versions_are_kept(tmp_path: Path, embedder: Embedder) -> None:
+    svc = open_service(tmp_path / "v.db", embedder, max_persona_versions=3, max_profile_versions=2)
+    try:
+        svc.add_interactions_sync("jo", _items(ROMANCE), "import")
+        for n in range(5):
+            svc.set_persona("jo", f"persona {n}", "manual")
+            svc.store.add_profile("jo", f"profile {n}", 3, "t@v1", keep=svc.settings.max_profile_versions)
+        assert [p.version for p in svc.store.list_personas("jo")] == [3, 4, 5]
+        assert [p.text for p in svc.store.list_profiles("jo")] == ["profile 3", "profile 4"]
+        assert svc.rollback_persona("jo", 1) is None  # pruned versions are gone for good
+        assert svc.rollback_persona("jo", 3) is not None
+    finally:
+        svc.close()
+
+
+class SlowWriter:
+    prompt_ref = "profile_summary@test"
+
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+        self.release = asyncio.Event()
+
+    async def write(self, user_id: str, interactions: Sequence[Interaction], priority: int) -> str:
+        self.calls.append(priority)
+        await self.release.wait()
+        return f"profile of {user_id}"
+
+
+async def test_refreshes_of_one_user_share_one_background_write(tmp_path: Path, embedder: Embedder) -> None:
+    writer = SlowWriter()
+    svc = open_service(tmp_path / "r.db", embedder, writer, profile_on_import=False)
+    try:
+        svc.add_interactions_sync("kai", _items(ROMANCE), "import")
+        refreshes = [asyncio.create_task(svc.refresh_profile("kai")) for _ in range(5)]
+        await asyncio.sleep(0.05)
+        writer.release.set()
+        profiles = await asyncio.gather(*refreshes)
+        assert writer.calls == [Priority.BACKGROUND]  # one LLM write, at background priority
+        assert {p.version for p in profiles if p} == {1} and len(svc.store.list_profiles("kai")) == 1
+        assert await svc.refresh_profile("nobody") is None
+    finally:
+        svc.close()

@@ -8,6 +8,7 @@ embedder sees one large batch instead of many small ones.
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 from ray import serve
@@ -16,11 +17,23 @@ from agent.llm import LLM
 from agent.persona import bound_persona
 from memory.documents import DocumentHit
 from memory.profile import ProfileWriter
-from memory.records import Interaction, InteractionIn, MemoryHit, PersonaVersion, Profile, Source, UserExport
+from memory.records import (
+    ImportRefused,
+    Interaction,
+    InteractionIn,
+    MemoryHit,
+    PersonaVersion,
+    Profile,
+    Source,
+    StorageQuotaExceeded,
+    UserExport,
+)
 from memory.service import MemoryService, embedding_text
 from personaagent.salts import cache_salts
 from personaagent.settings import Settings
 from serving.backend import EngineHandleBackend
+
+logger = logging.getLogger(__name__)
 
 
 @serve.deployment(name="memory")
@@ -55,25 +68,33 @@ class MemoryDeployment:
         ]
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)
-    async def _import_batch(self, requests: list[tuple[str, list[InteractionIn], Source]]) -> list[list[int]]:
+    async def _import_batch(
+        self, requests: list[tuple[str, list[InteractionIn], Source]]
+    ) -> list[list[int] | ImportRefused]:
         svc = self.service
         texts = [embedding_text(item) for _, items, _ in requests for item in items]
         vectors = await asyncio.to_thread(svc.embedder.encode, texts)
-        results: list[list[int]] = []
+        results: list[list[int] | ImportRefused] = []
         offset = 0
         for user_id, items, source in requests:
             chunk = vectors[offset : offset + len(items)]
             offset += len(items)
-            results.append(await asyncio.to_thread(svc.add_interactions_sync, user_id, items, source, chunk))
+            try:  # one user's refusal must not fail the others batched with it
+                results.append(
+                    await asyncio.to_thread(svc.add_interactions_sync, user_id, items, source, chunk)
+                )
+            except StorageQuotaExceeded as exc:
+                results.append(ImportRefused(message=str(exc)))
         return results
 
     # -- API used by the ingress and the agent -----------------------------------------------------
 
     async def import_interactions(
         self, user_id: str, items: list[InteractionIn], source: Source = "import"
-    ) -> list[int]:
+    ) -> list[int] | ImportRefused:
         ids = await self._import_batch((user_id, items, source))
-        self.service.maybe_refresh_profile(user_id)
+        if not isinstance(ids, ImportRefused):
+            self.service.maybe_refresh_profile(user_id)
         return ids
 
     async def search(
@@ -131,6 +152,9 @@ class MemoryDeployment:
         if not self.service.user_exists(user_id):
             return None
         ids = await self._import_batch((user_id, [item], "chat"))
+        if isinstance(ids, ImportRefused):
+            logger.warning("chat write-back dropped: %s", ids.message)
+            return None
         self.service.maybe_refresh_profile(user_id)
         return ids[0]
 
