@@ -23,6 +23,7 @@ from agent.persona import bound_persona
 from agent.prompts import ALIGN_FEEDBACK, ALIGN_JUDGE, ALIGN_UPDATE
 from alignment.scoring import metric_kind, task_score
 from memory.records import Interaction
+from personaagent.quoting import quote_data
 
 FEEDBACK_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -125,7 +126,9 @@ async def score(
 
     async def judge(item: Interaction, answer: str) -> float:
         prompt = ALIGN_JUDGE.render(
-            input=item.input[:1000], answer=answer[:1000], truth=(item.output or "")[:1000]
+            input=quote_data(item.input[:1000], "request"),
+            answer=quote_data(answer[:1000], "answer"),
+            truth=quote_data((item.output or "")[:1000], "wanted_answer"),
         )
         text = await meter.chat(
             [{"role": "user", "content": prompt}],
@@ -146,7 +149,10 @@ async def feedback_for(
     meter: TokenMeter, persona: str, item: Interaction, answer: str, cfg: AlignmentConfig
 ) -> dict[str, Any]:
     prompt = ALIGN_FEEDBACK.render(
-        persona=persona[:3000], input=item.input[:1500], answer=answer[:800], truth=(item.output or "")[:800]
+        persona=quote_data(persona[:3000], "persona"),
+        input=quote_data(item.input[:1500], "request"),
+        answer=quote_data(answer[:800], "answer"),
+        truth=quote_data((item.output or "")[:800], "wanted_answer"),
     )
     text = await meter.chat(
         [{"role": "user", "content": prompt}],
@@ -200,7 +206,9 @@ async def align_user(
         )
         outcome.feedback.extend(feedback)
         prompt = ALIGN_UPDATE.render(
-            persona=current, feedback=aggregate(feedback), max_words=str(cfg.persona_max_words)
+            persona=quote_data(current, "persona"),
+            feedback=quote_data(aggregate(feedback), "feedback"),
+            max_words=str(cfg.persona_max_words),
         )
         text = await meter.chat(
             [{"role": "user", "content": prompt}], max_tokens=cfg.update_max_tokens, priority=cfg.priority
