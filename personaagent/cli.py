@@ -79,10 +79,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     settings = _apply_overrides(load_settings(args.config), args)
-    if not settings.auth.api_keys and not _is_loopback(settings.server.host):
+    if not settings.auth.api_keys and not _is_loopback(settings.server.host) and not settings.auth.allow_open:
         print(
             f"error: no API keys configured (auth.api_keys): refusing to serve openly on {settings.server.host}. "
-            "Add keys (`personaagent keys new`) or bind 127.0.0.1.",
+            "Add keys (`personaagent keys new`), bind 127.0.0.1, or set auth.allow_open: true on purpose.",
             file=sys.stderr,
         )
         return 2

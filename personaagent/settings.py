@@ -232,6 +232,11 @@ class APIKeySetting(BaseModel):
 class AuthSettings(BaseModel):
     api_keys: list[APIKeySetting] = Field(default_factory=list, description="none: open, loopback only")
     metrics_open: bool = Field(True, description="false: /metrics needs a key too")
+    allow_open: bool = Field(
+        False,
+        description="serve with no API keys on a non-loopback address anyway (on purpose: e.g. behind an "
+        "authenticating proxy); otherwise `personaagent serve` and `serving.app:app_builder` refuse to start",
+    )
     cache_salt_secret: SecretStr | None = Field(
         None,
         min_length=16,

@@ -78,12 +78,21 @@ def build_app(settings: Settings) -> Application:
     ).bind(engine, memory, alignment, settings)
 
 
+class OpenServerRefused(RuntimeError):
+    """No API keys, a reachable address, and `auth.allow_open` not set."""
+
+
 def app_builder(args: dict[str, Any]) -> Application:
     """Entry for `serve run serving.app:app_builder config=configs/gpu-mistral-small.yaml` and KubeRay."""
     settings = load_settings(args.get("config"))
     if not settings.auth.api_keys:
-        # Ray Serve binds where serveConfigV2 says (0.0.0.0 on Kubernetes): say loudly that it is open.
-        logger.warning(
-            "no API keys configured (auth.api_keys): every route is open to whoever reaches the port"
-        )
+        # Ray Serve binds where serveConfigV2 says (0.0.0.0 on Kubernetes): without keys, anyone who reaches
+        # the port could read and write every user's data.
+        if not settings.auth.allow_open:
+            raise OpenServerRefused(
+                "no API keys configured (auth.api_keys, e.g. PERSONAAGENT_AUTH__API_KEYS from a Secret): "
+                "refusing to serve every route openly. Add keys (`personaagent keys new`), or set "
+                "auth.allow_open: true if the endpoint is protected another way."
+            )
+        logger.warning("auth.allow_open: no API keys, every route is open to whoever reaches the port")
     return build_app(settings)

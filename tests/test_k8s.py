@@ -59,7 +59,7 @@ def rayservice(docs: list[dict[str, Any]]) -> dict[str, Any]:
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_every_manifest_validates(variant: str) -> None:
     docs = render(K8S / variant)
-    assert {d["kind"] for d in docs} == {"RayService", "Service", "PersistentVolumeClaim"}
+    assert {d["kind"] for d in docs} == {"RayService", "Service", "PersistentVolumeClaim", "NetworkPolicy"}
     for doc in docs:
         validate(doc)
     validate(yaml.safe_load((K8S / "optional" / "ingress.yaml").read_text()))
@@ -118,8 +118,12 @@ def test_manifests_are_consistent_with_each_other(variant: str) -> None:
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
-def test_serve_config_import_path_builds_the_application(variant: str) -> None:
+def test_serve_config_import_path_builds_the_application(
+    variant: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from ray.serve import Application
+
+    from serving.app import OpenServerRefused
 
     docs = render(K8S / variant)
     serve_config = yaml.safe_load(rayservice(docs)["spec"]["serveConfigV2"])
@@ -127,8 +131,15 @@ def test_serve_config_import_path_builds_the_application(variant: str) -> None:
     assert app["args"]["config"] == VARIANTS[variant]
     module, attr = app["import_path"].split(":")
     builder = getattr(importlib.import_module(module), attr)
+    with pytest.raises(OpenServerRefused, match=r"auth\.allow_open"):  # no keys: refuses to serve openly
+        builder(app["args"])
+    key = {"name": "ops", "sha256": "0" * 64}
+    monkeypatch.setenv("PERSONAAGENT_AUTH__API_KEYS", json.dumps([key]))  # as the pods get it
     built = builder(app["args"])
     assert isinstance(built, Application)
+    monkeypatch.delenv("PERSONAAGENT_AUTH__API_KEYS")
+    monkeypatch.setenv("PERSONAAGENT_AUTH__ALLOW_OPEN", "true")  # open on purpose
+    assert isinstance(builder(app["args"]), Application)
 
     from personaagent.settings import load_settings
     from serving.app import data_actor_options, engine_scaling_options
@@ -163,8 +174,62 @@ def test_dockerfiles_agree_with_pyproject(flavor: str) -> None:
     # Every package the build installs is copied into the image.
     packages = {p.rstrip("*") for p in pyproject["tool"]["setuptools"]["packages"]["find"]["include"]}
     for package in packages:
-        assert f"COPY {package}/ {package}/" in text, package
+        assert re.search(rf"COPY (--chown=\S+ )?{package}/ {package}/", text), package
+    # The image runs as the unprivileged uid the manifests' runAsUser expects.
+    users = re.findall(r"\bUSER (\S+)", text)
+    assert users and users[-1].split(":")[0] == "1000"
     config = re.search(r"PERSONAAGENT_CONFIG=/app/(\S+)", text)
     assert config is not None and (REPO_ROOT / config.group(1)).is_file()
     if flavor == "cpu":
         assert "prepare-model" in text  # the embedded model is converted at build time, not at start
+
+
+def _pod_specs(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    cluster = rayservice(docs)["spec"]["rayClusterConfig"]
+    return [g["template"]["spec"] for g in [cluster["headGroupSpec"], *cluster.get("workerGroupSpecs", [])]]
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_pods_run_non_root_with_a_read_only_root(variant: str) -> None:
+    for pod in _pod_specs(render(K8S / variant)):
+        assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] != 0
+        writable = {v["name"] for v in pod["volumes"] if "emptyDir" in v or "persistentVolumeClaim" in v}
+        for container in pod["containers"]:
+            ctx = container["securityContext"]
+            assert ctx["allowPrivilegeEscalation"] is False and ctx["readOnlyRootFilesystem"] is True
+            assert ctx["capabilities"]["drop"] == ["ALL"]
+            mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+            assert mounts.get("/tmp") in writable  # Ray's session directory needs somewhere to write
+            env = {e["name"]: e.get("value") for e in container["env"]}
+            assert env["HOME"].startswith("/tmp/")
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_only_the_serve_port_is_reachable_from_outside_the_ray_pods(variant: str) -> None:
+    docs = render(K8S / variant)
+    serve_port = yaml.safe_load(rayservice(docs)["spec"]["serveConfigV2"])["http_options"]["port"]
+    services = [d for d in docs if d["kind"] == "Service"]
+    assert [p["port"] for s in services for p in s["spec"]["ports"]] == [serve_port]
+    for pod in _pod_specs(docs):
+        for container in pod["containers"]:
+            assert 10001 not in {p["containerPort"] for p in container.get("ports", [])}  # no Ray client
+    [policy] = [d for d in docs if d["kind"] == "NetworkPolicy"]
+    labels = rayservice(docs)["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["metadata"]["labels"]
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    for rule in policy["spec"]["ingress"]:
+        peers = rule.get("from")
+        ports = {p["port"] for p in rule.get("ports", [])}
+        if not peers:  # open to any source: the serve port only
+            assert ports == {serve_port}
+        elif any("namespaceSelector" in peer for peer in peers):  # the operator: the dashboard only
+            assert ports == {8265}
+        else:  # otherwise only the cluster's own pods
+            assert all(peer["podSelector"]["matchLabels"].items() <= labels.items() for peer in peers)
+
+
+def test_the_ingress_serves_tls_only() -> None:
+    ingress = yaml.safe_load((K8S / "optional" / "ingress.yaml").read_text())
+    hosts = {rule["host"] for rule in ingress["spec"]["rules"]}
+    assert ingress["spec"]["tls"] and hosts <= {h for t in ingress["spec"]["tls"] for h in t["hosts"]}
+    assert ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/force-ssl-redirect"] == "true"
