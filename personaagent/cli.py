@@ -129,7 +129,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         signal.signal(sig, lambda *_: stop.set())
     stop.wait()
     print("shutting down", flush=True)
-    serve.shutdown()
+    # Serve drains its replicas first; past server.shutdown_timeout_s Ray goes down regardless (writes are
+    # committed before they are acknowledged, so nothing acknowledged is lost either way).
+    draining = threading.Thread(target=serve.shutdown, daemon=True)
+    draining.start()
+    draining.join(settings.server.shutdown_timeout_s)
+    if draining.is_alive():
+        print(f"serve did not stop within {settings.server.shutdown_timeout_s:g} s; stopping Ray", flush=True)
     ray.shutdown()
     return 0
 

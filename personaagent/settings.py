@@ -104,6 +104,9 @@ class ServerSettings(BaseModel):
     retry_after_s: int = Field(1, ge=1)
     ingress_replicas: int = Field(1, ge=1)
     health_timeout_s: float = Field(3.0, gt=0)
+    shutdown_timeout_s: float = Field(
+        8.0, gt=0, description="on SIGTERM/SIGINT, how long Serve may drain before Ray is stopped regardless"
+    )
     throughput_optimized: bool = Field(False, description="Ray Serve's RAY_SERVE_THROUGHPUT_OPTIMIZED mode")
 
 

@@ -95,6 +95,22 @@ class Stack:
         psutil.wait_procs(procs, timeout=60)
         self.proc.wait()
 
+    def terminate(self, timeout_s: float = 60) -> float:
+        """SIGTERM to the server process only (as Kubernetes or systemd sends it); seconds until it and
+        every process it started are gone (whatever is left after `timeout_s` is killed)."""
+        assert self.proc is not None
+        root = psutil.Process(self.proc.pid)
+        procs = [root, *root.children(recursive=True)]
+        started = time.monotonic()
+        root.send_signal(signal.SIGTERM)
+        _, alive = psutil.wait_procs(procs, timeout=timeout_s)
+        took = time.monotonic() - started
+        for p in alive:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.kill()
+        self.proc.wait()
+        return took
+
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
             return
@@ -123,6 +139,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         # Imports with outputs would queue background alignments in every test; the feedback path and
         # forced alignments are tested explicitly instead.
         PERSONAAGENT_ALIGNMENT__SCHEDULE_ON_IMPORT="false",
+        # The prompt the model got, in every personalized response: tests check what reached the model.
+        PERSONAAGENT_AGENT__TRACE_FINAL_PROMPT="true",
+        # Tests run concurrent requests with the one admin key; the per-key share has its unit tests.
+        PERSONAAGENT_SERVER__MAX_INFLIGHT_SHARE_PER_KEY="1.0",
         PYTHONUNBUFFERED="1",
     )
     stack = Stack(port, data_dir, log_path, env)

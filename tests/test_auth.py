@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import openai
 import pytest
 from fastapi import Request
@@ -52,19 +54,8 @@ def test_user_scoped_key_acts_only_as_its_user(stack: Stack) -> None:
     assert alice.get("/v1/users/alice/export").status_code == 200
     assert alice.post("/v1/chat/completions", json=chat_body("alice")).status_code == 200
     assert alice.post("/v1/chat/completions", json=chat_body()).status_code == 200  # plain chat: no user data
-    # Another user's chat, data, persona, feedback or alignment: 403, and nothing of bob's comes back.
-    for response in (
-        alice.post("/v1/chat/completions", json=chat_body("bob")),
-        alice.get("/v1/users/bob/export"),
-        alice.get("/v1/users/bob/memories", params={"query": "tea"}),
-        alice.get("/v1/users/bob/persona"),
-        alice.put("/v1/users/bob/persona", json={"text": "You obey alice."}),
-        alice.post("/v1/users/bob/feedback", json={"input": "bob likes tea", "expected_output": "coffee"}),
-        alice.post("/v1/users/bob/align"),
-        alice.delete("/v1/users/bob"),
-    ):
-        assert_error(response, 403, "permission_error")
-        assert "bob likes tea" not in response.text
+    # Another user's chat: 403 (every /v1/users/{user_id} route is walked in the test below).
+    assert_error(alice.post("/v1/chat/completions", json=chat_body("bob")), 403, "permission_error")
     # Admin-only routes, and jumping ahead of everyone's chat with a negative vLLM priority.
     assert_error(alice.get("/v1/personas/similarity"), 403, "permission_error")
     assert_error(
@@ -77,6 +68,37 @@ def test_user_scoped_key_acts_only_as_its_user(stack: Stack) -> None:
     assert admin.get("/v1/users/bob/export").status_code == 200
     with pytest.raises(openai.PermissionDeniedError):
         stack.openai(api_key=ALICE_KEY).chat.completions.create(**chat_body("bob"))  # type: ignore[call-overload]
+
+
+def _bobs_state(admin: Any) -> dict[str, Any]:
+    export = admin.get("/v1/users/bob/export").json()
+    jobs = export.pop("alignment_jobs", None)
+    return export | {"jobs": jobs}
+
+
+def test_every_user_route_refuses_another_users_key_and_changes_nothing(stack: Stack) -> None:
+    admin = stack.http()
+    admin.post(
+        "/v1/users/bob/interactions", json=[{"input": "bob likes tea", "output": "tea"}]
+    ).raise_for_status()
+    admin.post("/v1/users/bob/persona").raise_for_status()
+    before = _bobs_state(admin)
+    alice = stack.http(api_key=ALICE_KEY)
+    spec = admin.get("/openapi.json").json()
+    routes = [
+        (method.upper(), path) for path, ops in spec["paths"].items() if "{user_id}" in path for method in ops
+    ]
+    # import, search, profile, refresh, export, delete, persona get/create/edit/history/rollback, feedback, align
+    assert len(routes) >= 14, routes
+    for method, path in routes:
+        url = path.replace("{user_id}", "bob")
+        body = {"text": "You obey alice.", "version": 1, "input": "bob likes tea", "expected_output": "x"}
+        payload = [{"input": "alice was here"}] if path.endswith("/interactions") else body
+        response = alice.request(
+            method, url, params={"query": "tea"}, json=payload if method in {"POST", "PUT"} else None
+        )
+        assert_error(response, 403, "permission_error")
+    assert _bobs_state(admin) == before  # nothing read back, nothing written, nothing deleted
 
 
 def test_alignment_jobs_are_visible_only_to_their_user(stack: Stack) -> None:

@@ -1,4 +1,5 @@
-"""SIGKILL the whole server while clients stream imports and feedback: every acknowledged write survives.
+"""SIGKILL the whole server while clients stream imports and feedback: every acknowledged write survives;
+SIGTERM stops it all within 15 s.
 
 Runs last: it kills the shared stack (Ray, replicas, engine, all of it) and restarts it on the same data.
 """
@@ -81,3 +82,12 @@ def test_every_acknowledged_write_survives_sigkill(stack: Stack) -> None:
         assert rows[interaction_id]["output"] == truth
     # And the restarted stack serves.
     assert http.get("/health").status_code == 200
+
+    # SIGTERM stops the whole stack within 15 s, and what it acknowledged before is there after.
+    last = http.post("/v1/users/crash-0/interactions", json=[{"input": "written before SIGTERM"}])
+    assert last.status_code == 200
+    took = stack.terminate()
+    assert took <= 15, f"SIGTERM took {took:.1f} s to stop every process"
+    stack.start()
+    export = stack.http().get("/v1/users/crash-0/export").json()
+    assert last.json()["ids"][0] in {row["id"] for row in export["interactions"]}
