@@ -21,11 +21,10 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from agent.llm import LLM
 from agent.prompts import TOOL_CONTEXT, TOOLS_PROMPTED
 from agent.tools import BUILTIN_TOOLS, ToolSpec, ToolStep, client_tool_specs
-from memory.documents import DocumentHit
-from memory.records import MemoryHit, PersonaVersion
+from memory.records import DocumentHit, MemoryHit, PersonaVersion
+from personaagent.llm import LLM
 from personaagent.quoting import history_block, history_lines, quote_data
 from personaagent.salts import CacheSalts
 from personaagent.settings import AgentSettings

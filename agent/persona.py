@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from agent.prompts import PERSONA_INIT
 from personaagent.quoting import quote_data
 
@@ -24,3 +26,8 @@ def bound_persona(text: str, max_chars: int) -> str:
     # Cut at a sentence or line end when one is near, so the persona stays readable.
     end = max(cut.rfind(". "), cut.rfind("\n"))
     return cut[: end + 1].rstrip() if end > max_chars * 0.6 else cut.rstrip()
+
+
+def persona_factory(max_chars: int) -> Callable[[str | None], tuple[str, str]]:
+    """What the memory service calls to create a first persona: (text, prompt ref)."""
+    return lambda profile_text: (initial_persona(profile_text, max_chars), PERSONA_INIT.ref)

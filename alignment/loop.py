@@ -18,11 +18,11 @@ from typing import Any, Protocol
 from pydantic import BaseModel, Field
 
 from agent.core import PersonaAgent
-from agent.llm import LLM
 from agent.persona import bound_persona
 from agent.prompts import ALIGN_FEEDBACK, ALIGN_JUDGE, ALIGN_UPDATE
 from alignment.scoring import metric_kind, task_score
 from memory.records import Interaction
+from personaagent.llm import LLM
 from personaagent.quoting import quote_data
 
 FEEDBACK_SCHEMA: dict[str, Any] = {

@@ -32,11 +32,10 @@ from rich.progress import Progress
 from rich.table import Table
 
 from agent.core import AgentConfig, PersonaAgent
-from agent.llm import LLM
 from alignment.loop import AlignmentConfig, align_user
 from loadtests.servers import start_our_stack
-from memory.documents import DocumentHit
-from memory.records import Interaction, MemoryHit, PersonaVersion
+from memory.records import DocumentHit, Interaction, MemoryHit, PersonaVersion
+from personaagent.llm import LLM
 from personaagent.salts import CacheSalts
 from personaagent.settings import load_settings
 

@@ -17,6 +17,7 @@ import numpy as np
 from pydantic import BaseModel
 
 from memory.embedder import Embedder
+from memory.records import DocumentHit
 
 TEXT_SUFFIXES = {".txt", ".md", ".markdown", ".rst"}
 
@@ -24,12 +25,6 @@ TEXT_SUFFIXES = {".txt", ".md", ".markdown", ".rst"}
 class DocumentChunk(BaseModel):
     source: str
     text: str
-
-
-class DocumentHit(BaseModel):
-    source: str
-    text: str
-    score: float
 
 
 def chunk_text(text: str, max_chars: int = 800, overlap: int = 100) -> list[str]:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from agent.llm import LLM
-from agent.prompts import PROFILE_SUMMARY
+from memory.prompts import PROFILE_SUMMARY
 from memory.records import Interaction
+from personaagent.llm import LLM
 from personaagent.quoting import history_lines
 
 

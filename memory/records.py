@@ -108,3 +108,9 @@ class UserExport(BaseModel):
     interactions: list[Interaction]
     profiles: list[Profile]
     personas: list[PersonaVersion]
+
+
+class DocumentHit(BaseModel):
+    source: str
+    text: str
+    score: float

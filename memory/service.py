@@ -5,19 +5,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from agent.persona import initial_persona
-from agent.prompts import PERSONA_INIT
-from memory.documents import DocumentHit, DocumentIndex
+from memory.documents import DocumentIndex
 from memory.embedder import Embedder
 from memory.index import EpisodicIndex
 from memory.profile import ProfileWriter
 from memory.records import (
+    DocumentHit,
     Interaction,
     InteractionIn,
     MemoryHit,
@@ -30,6 +29,11 @@ from memory.store import SQLiteStore, Store
 from personaagent.settings import MemorySettings, Priority, Settings
 
 logger = logging.getLogger(__name__)
+
+
+# profile text (or None) -> (initial persona text, prompt ref). The agent layer owns what a persona says; memory
+# only stores it, so the serving layer hands it the agent's function (memory never imports the agent).
+PersonaFactory = Callable[[str | None], tuple[str, str]]
 
 
 def embedding_text(item: InteractionIn | Interaction) -> str:
@@ -47,6 +51,7 @@ class MemoryService:
         profile_writer: ProfileWriter | None = None,
         documents: DocumentIndex | None = None,
         background_priority: int = Priority.BACKGROUND,
+        persona_factory: PersonaFactory | None = None,
     ) -> None:
         self.store = store
         self.embedder = embedder
@@ -55,19 +60,25 @@ class MemoryService:
         self.profile_writer = profile_writer
         self.documents = documents
         self.background_priority = background_priority
+        self.persona_factory = persona_factory
         self._profile_tasks: dict[str, asyncio.Task[Profile | None]] = {}
         self._persona_locks: dict[str, asyncio.Lock] = {}
         self.rebuild_index()
 
     @classmethod
-    def open(cls, settings: Settings, profile_writer: ProfileWriter | None = None) -> MemoryService:
+    def open(
+        cls,
+        settings: Settings,
+        profile_writer: ProfileWriter | None = None,
+        persona_factory: PersonaFactory | None = None,
+    ) -> MemoryService:
         db_path = Path(settings.data_dir) / settings.memory.db_filename
         embedder = Embedder(batch_size=settings.memory.embed_batch_size)
         index = EpisodicIndex(embedder.dim, settings.memory.device)
         documents = DocumentIndex(db_path, embedder.dim)
         return cls(
             SQLiteStore(db_path), embedder, index, settings.memory, profile_writer, documents,
-            background_priority=settings.alignment.priority,
+            background_priority=settings.alignment.priority, persona_factory=persona_factory,
         )  # fmt: skip
 
     def rebuild_index(self) -> int:
@@ -210,8 +221,10 @@ class MemoryService:
         versions = self.store.list_personas(user_id)
         return versions[-1] if versions else None
 
-    async def ensure_persona(self, user_id: str, max_chars: int) -> PersonaVersion:
+    async def ensure_persona(self, user_id: str) -> PersonaVersion:
         """The user's current persona; a user seen for the first time gets one from their history."""
+        if self.persona_factory is None:
+            raise RuntimeError("no persona factory configured")
         async with self._persona_lock(user_id):
             current = self.current_persona(user_id)
             if current is not None:
@@ -224,8 +237,8 @@ class MemoryService:
                 and self.store.list_interactions(user_id, limit=1)
             ):
                 profile = await self.refresh_profile(user_id, background=False)
-            text = initial_persona(profile.text if profile else None, max_chars)
-            details = {"profile_version": profile.version if profile else None, "prompt": PERSONA_INIT.ref}
+            text, prompt_ref = self.persona_factory(profile.text if profile else None)
+            details = {"profile_version": profile.version if profile else None, "prompt": prompt_ref}
             return self.store.add_persona(user_id, text, "init", None, details, keep=self._keep_personas)
 
     def set_persona(

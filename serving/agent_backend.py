@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from memory.documents import DocumentHit
-from memory.records import Interaction, MemoryHit, PersonaVersion
+from memory.records import DocumentHit, Interaction, MemoryHit, PersonaVersion
 
 
 class HandleAgentMemory:

@@ -11,6 +11,7 @@ This module has no Ray in it; `serving/deployments/engine.py` wraps it.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -205,3 +206,37 @@ def validation_error_body(exc: Any) -> dict[str, Any]:
     loc = ".".join(str(part) for part in first.get("loc", ()) if part != "body")
     message = f"{loc}: {first.get('msg', 'invalid request')}" if loc else str(first.get("msg", exc))
     return error_body(message, code=400, param=loc or None)
+
+
+_END = object()
+
+
+async def coalesce_sse(items: AsyncIterator[dict[str, Any] | str]) -> AsyncIterator[dict[str, Any] | str]:
+    """Pass dicts through; join SSE strings that are already waiting into one item."""
+    queue: asyncio.Queue[Any] = asyncio.Queue()
+
+    async def pump() -> None:
+        try:
+            async for item in items:
+                queue.put_nowait(item)
+        except Exception as exc:
+            queue.put_nowait(exc)
+        queue.put_nowait(_END)
+
+    task = asyncio.create_task(pump())
+    try:
+        while True:
+            item = await queue.get()
+            if item is _END:
+                return
+            if isinstance(item, Exception):
+                raise item
+            if isinstance(item, dict):
+                yield item
+                continue
+            parts = [item]
+            while not queue.empty() and isinstance(queue._queue[0], str):  # type: ignore[attr-defined]
+                parts.append(queue.get_nowait())
+            yield "".join(parts)
+    finally:
+        task.cancel()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, nullcontext
 from typing import Any
@@ -13,40 +12,7 @@ from ray import serve
 from personaagent.settings import Settings
 from serving.backend import EngineRequest
 from serving.background_gate import BackgroundGate
-from serving.engine import EngineService
-
-_END = object()
-
-
-async def coalesce_sse(items: AsyncIterator[dict[str, Any] | str]) -> AsyncIterator[dict[str, Any] | str]:
-    """Pass dicts through; join SSE strings that are already waiting into one item."""
-    queue: asyncio.Queue[Any] = asyncio.Queue()
-
-    async def pump() -> None:
-        try:
-            async for item in items:
-                queue.put_nowait(item)
-        except Exception as exc:
-            queue.put_nowait(exc)
-        queue.put_nowait(_END)
-
-    task = asyncio.create_task(pump())
-    try:
-        while True:
-            item = await queue.get()
-            if item is _END:
-                return
-            if isinstance(item, Exception):
-                raise item
-            if isinstance(item, dict):
-                yield item
-                continue
-            parts = [item]
-            while not queue.empty() and isinstance(queue._queue[0], str):  # type: ignore[attr-defined]
-                parts.append(queue.get_nowait())
-            yield "".join(parts)
-    finally:
-        task.cancel()
+from serving.engine import EngineService, coalesce_sse
 
 
 @serve.deployment(name="engine")

@@ -8,7 +8,7 @@ from fastapi import FastAPI
 from ray import serve
 
 from agent.core import AgentConfig, PersonaAgent
-from agent.llm import LLM
+from personaagent.llm import LLM
 from personaagent.salts import cache_salts
 from personaagent.settings import Settings
 from serving.agent_backend import HandleAgentMemory

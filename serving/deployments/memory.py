@@ -13,11 +13,10 @@ from typing import Any
 
 from ray import serve
 
-from agent.llm import LLM
-from agent.persona import bound_persona
-from memory.documents import DocumentHit
+from agent.persona import bound_persona, persona_factory
 from memory.profile import ProfileWriter
 from memory.records import (
+    DocumentHit,
     ImportRefused,
     Interaction,
     InteractionIn,
@@ -29,6 +28,7 @@ from memory.records import (
     UserExport,
 )
 from memory.service import MemoryService, embedding_text
+from personaagent.llm import LLM
 from personaagent.salts import cache_salts
 from personaagent.settings import Settings
 from serving.backend import EngineHandleBackend
@@ -48,7 +48,7 @@ class MemoryDeployment:
             max_input_chars=mem.profile_max_input_chars,
         )
         self._settings = settings
-        self.service = MemoryService.open(settings, writer)
+        self.service = MemoryService.open(settings, writer, persona_factory(settings.agent.max_persona_chars))
         self._search_batch.set_max_batch_size(mem.search_batch_size)
         self._search_batch.set_batch_wait_timeout_s(mem.batch_wait_s)
         self._import_batch.set_max_batch_size(16)
@@ -120,7 +120,7 @@ class MemoryDeployment:
     # -- personas, documents, write-back (used by the agent through `serving.agent_backend`) --------
 
     async def ensure_persona(self, user_id: str) -> PersonaVersion:
-        return await self.service.ensure_persona(user_id, self._settings.agent.max_persona_chars)
+        return await self.service.ensure_persona(user_id)
 
     async def persona_history(self, user_id: str) -> list[PersonaVersion] | None:
         if not self.service.user_exists(user_id):

@@ -13,8 +13,8 @@ from typing import Any
 import ray
 
 from agent.core import AgentConfig, PersonaAgent
-from agent.llm import LLM
 from alignment.loop import AlignmentConfig, AlignmentOutcome, align_user
+from personaagent.llm import LLM
 from personaagent.salts import cache_salts
 from personaagent.settings import Settings
 from serving.agent_backend import HandleAgentMemory

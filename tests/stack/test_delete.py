@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import pytest
+from tests.stack.harness import Stack
+from tests.stack.helpers import wait_job
 
-from tests.conftest import Stack
-from tests.helpers import wait_job
-
-pytestmark = pytest.mark.stack
 MODEL = "smollm2-135m-instruct"
 HISTORY = [{"input": f"Tag the movie: heist number {i}", "output": "crime"} for i in range(3)]
 

@@ -7,10 +7,9 @@ import json
 import openai
 import pytest
 
-from tests.conftest import Stack
+from tests.stack.harness import Stack
 
 MODEL = "smollm2-135m-instruct"
-pytestmark = pytest.mark.stack
 
 
 def test_list_models(stack: Stack) -> None:

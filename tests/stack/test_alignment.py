@@ -9,10 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Stack
-from tests.helpers import wait_job
+from tests.stack.harness import Stack
+from tests.stack.helpers import wait_job
 
-pytestmark = pytest.mark.stack
 MODEL = "smollm2-135m-instruct"
 HISTORY = [
     {"input": "Tag the movie: a hitman avenges his brother in a bloody shootout", "output": "violence"},

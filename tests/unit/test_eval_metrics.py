@@ -14,6 +14,7 @@ from evaluation.metrics import classification_metrics, generation_metrics, regre
 from evaluation.report import markdown
 from evaluation.runner import MethodResult, PredictionLog, TaskResult
 from evaluation.synthetic import MOVIE_CUES, build_task, write_dataset
+from tests import REPO_ROOT
 
 
 def test_classification_accuracy_and_macro_f1_by_hand() -> None:
@@ -113,9 +114,9 @@ def test_synthetic_answers_follow_each_users_own_history() -> None:
 
 def test_shipped_synthetic_dataset_is_what_the_script_writes(tmp_path: Path) -> None:
     write_dataset(tmp_path)
-    shipped = Path(__file__).resolve().parent.parent / "evaluation" / "data" / "synthetic"
+    shipped = REPO_ROOT / "evaluation" / "data" / "synthetic"
     for task in ("LaMP-2M", "LaMP-3", "LaMP-5"):
-        for name in ("dev_questions.json", "dev_outputs.json"):
+        for name in ("dev_questions.json", "dev_outputs.json", "train_questions.json", "train_outputs.json"):
             assert (shipped / task / name).read_text() == (tmp_path / task / name).read_text()
 
 
@@ -166,3 +167,10 @@ def test_intervals_and_paired_verdicts() -> None:
     assert compare("a", "b", "accuracy", half, half[1:] + half[:1]).verdict == "within noise"
     # Lower is better for MAE: smaller errors win.
     assert compare("a", "b", "mae", [0.0] * 40, [2.0] * 40).verdict == "better"
+
+
+def test_train_users_are_not_dev_users() -> None:
+    dev, _ = build_task("LaMP-5", 16, 12, 0, "dev")
+    train, _ = build_task("LaMP-5", 16, 12, 0, "train")
+    assert {q["id"] for q in dev}.isdisjoint(q["id"] for q in train)
+    assert {q["input"] for q in dev} != {q["input"] for q in train}

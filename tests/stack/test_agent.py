@@ -8,9 +8,8 @@ import time
 
 import pytest
 
-from tests.conftest import Stack
+from tests.stack.harness import Stack
 
-pytestmark = pytest.mark.stack
 MODEL = "smollm2-135m-instruct"
 
 ROMANCE = [

@@ -10,9 +10,7 @@ from __future__ import annotations
 import pytest
 
 from loadtests.fuzz import fuzz
-from tests.conftest import ALICE_KEY, Stack
-
-pytestmark = pytest.mark.stack
+from tests.stack.harness import ALICE_KEY, Stack
 
 
 @pytest.mark.parametrize(("key", "user_id", "per_route"), [("admin", None, 12), ("alice", "alice", 6)])

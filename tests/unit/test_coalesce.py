@@ -1,4 +1,4 @@
-"""SSE coalescing in the engine deployment: order and content preserved, dicts and errors pass through."""
+"""SSE coalescing of engine output: order and content preserved, dicts and errors pass through."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from serving.deployments.engine import coalesce_sse
+from serving.engine import coalesce_sse
 
 
 async def _source(items: list[Any], delay_every: int = 0) -> AsyncIterator[Any]:

@@ -7,10 +7,9 @@ import stat
 import pytest
 
 from personaagent.salts import SECRET_FILENAME, CacheSalts
-from tests.conftest import ALICE_KEY, Stack
-from tests.helpers import wait_job
+from tests.stack.harness import ALICE_KEY, Stack
+from tests.stack.helpers import wait_job
 
-pytestmark = pytest.mark.stack
 MODEL = "smollm2-135m-instruct"
 PERSONA = " ".join(f"Rule {i}: answer in one short sentence about birds and rivers." for i in range(40))
 

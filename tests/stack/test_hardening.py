@@ -7,7 +7,7 @@ from pathlib import Path
 
 from memory.documents import DocumentIndex
 from memory.embedder import Embedder
-from tests.conftest import Stack
+from tests.stack.harness import Stack
 
 MODEL = "smollm2-135m-instruct"
 PLANTED = (

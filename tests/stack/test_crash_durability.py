@@ -13,7 +13,7 @@ import time
 import httpx
 import pytest
 
-from tests.conftest import Stack
+from tests.stack.harness import Stack
 
 WORDS = ("amber basil cedar delta ember fjord garnet harbor iris juniper kelp lumen maple nectar onyx "
          "pepper quartz raven saffron tundra umber violet willow xenon yarrow zephyr").split()  # fmt: skip

@@ -11,9 +11,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from agent.core import AgentConfig, PersonaAgent, normalize_conversation
-from agent.llm import LLM
-from memory.documents import DocumentHit
-from memory.records import Interaction, MemoryHit, PersonaVersion, utcnow
+from memory.records import DocumentHit, Interaction, MemoryHit, PersonaVersion, utcnow
+from personaagent.llm import LLM
 from personaagent.salts import CacheSalts
 
 SALTS = CacheSalts("unit-test-secret-0123456789")

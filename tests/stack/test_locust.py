@@ -8,7 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import MAX_INFLIGHT, REPO_ROOT, Stack
+from tests import REPO_ROOT
+from tests.stack.harness import MAX_INFLIGHT, Stack
 
 RUNNER = REPO_ROOT / "loadtests" / "run_locust.py"
 

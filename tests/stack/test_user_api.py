@@ -6,9 +6,7 @@ import sqlite3
 
 import pytest
 
-from tests.conftest import Stack
-
-pytestmark = pytest.mark.stack
+from tests.stack.harness import Stack
 
 ROMANCE = [
     {"input": "Tag the movie: two strangers fall in love on a night train", "output": "romance"},

@@ -10,7 +10,8 @@ from evaluation.methods import EvalSettings
 from evaluation.metrics import task_metrics
 from evaluation.report import write_reports
 from evaluation.runner import RunRequest, run
-from tests.conftest import REPO_ROOT, Stack
+from tests import REPO_ROOT
+from tests.stack.harness import Stack
 
 SYNTHETIC = REPO_ROOT / "evaluation" / "data" / "synthetic"
 

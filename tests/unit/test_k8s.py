@@ -1,9 +1,8 @@
-"""Kubernetes manifests validated offline; the serveConfigV2 import path builds the app; Dockerfiles agree."""
+"""Kubernetes manifests validated offline, and the Dockerfiles agree (the import path builds: tests/stack/test_app_builder.py)."""
 
 from __future__ import annotations
 
 import copy
-import importlib
 import json
 import re
 import tomllib
@@ -15,7 +14,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from tests.conftest import REPO_ROOT
+from tests import REPO_ROOT
 
 K8S = REPO_ROOT / "k8s"
 K8S_VERSION = "1.33.0"
@@ -115,48 +114,6 @@ def test_manifests_are_consistent_with_each_other(variant: str) -> None:
         worker = group["template"]["spec"]["containers"][0]
         assert worker["resources"]["requests"] == worker["resources"]["limits"]
         assert group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
-
-
-@pytest.mark.parametrize("variant", sorted(VARIANTS))
-def test_serve_config_import_path_builds_the_application(
-    variant: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from ray.serve import Application
-
-    from serving.app import OpenServerRefused
-
-    docs = render(K8S / variant)
-    serve_config = yaml.safe_load(rayservice(docs)["spec"]["serveConfigV2"])
-    [app] = serve_config["applications"]
-    assert app["args"]["config"] == VARIANTS[variant]
-    module, attr = app["import_path"].split(":")
-    builder = getattr(importlib.import_module(module), attr)
-    with pytest.raises(OpenServerRefused, match=r"auth\.allow_open"):  # no keys: refuses to serve openly
-        builder(app["args"])
-    key = {"name": "ops", "sha256": "0" * 64}
-    monkeypatch.setenv("PERSONAAGENT_AUTH__API_KEYS", json.dumps([key]))  # as the pods get it
-    built = builder(app["args"])
-    assert isinstance(built, Application)
-    monkeypatch.delenv("PERSONAAGENT_AUTH__API_KEYS")
-    monkeypatch.setenv("PERSONAAGENT_AUTH__ALLOW_OPEN", "true")  # open on purpose
-    assert isinstance(builder(app["args"]), Application)
-
-    from personaagent.settings import load_settings
-    from serving.app import data_actor_options, engine_scaling_options
-
-    settings = load_settings(app["args"]["config"])
-    cluster = rayservice(docs)["spec"]["rayClusterConfig"]
-    resource = settings.memory.placement_resource
-    if variant == "gpu":
-        # Serve autoscales the engine; the memory deployment lands on the pod that mounts the data volume.
-        assert "autoscaling_config" in engine_scaling_options(settings)
-        assert settings.engine.autoscaling is not None
-        assert settings.engine.autoscaling.max_replicas <= cluster["workerGroupSpecs"][0]["maxReplicas"]
-        head_resources = json.loads(json.loads(cluster["headGroupSpec"]["rayStartParams"]["resources"]))
-        assert resource in head_resources
-        assert data_actor_options(settings, 0.5)["resources"] == {resource: 0.01}
-    else:
-        assert resource is None and "resources" not in data_actor_options(settings, 0.5)
 
 
 def _dockerfile_runs(path: Path) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from tests.conftest import Stack
+from tests.stack.harness import Stack
 
 
 def wait_job(stack: Stack, job_id: str, timeout_s: float = 600) -> dict[str, Any]:
