@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import sqlite3
-import threading
 import uuid
 from datetime import datetime
 from pathlib import Path
@@ -13,6 +11,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from memory.records import utcnow
+from personaagent.sqlite import SQLiteFile
 
 JobState = Literal["queued", "running", "done", "failed"]
 
@@ -28,20 +27,19 @@ class AlignmentJob(BaseModel):
     error: str | None = None
 
 
+JOBS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (id TEXT PRIMARY KEY, user_id TEXT NOT NULL, state TEXT NOT NULL,
+    reason TEXT NOT NULL, created_at TEXT NOT NULL, updated_at TEXT NOT NULL, result TEXT, error TEXT);
+"""
+
+
 class JobStore:
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-        self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute(
-            "CREATE TABLE IF NOT EXISTS jobs (id TEXT PRIMARY KEY, user_id TEXT NOT NULL, state TEXT NOT NULL,"
-            " reason TEXT NOT NULL, created_at TEXT NOT NULL, updated_at TEXT NOT NULL, result TEXT, error TEXT)"
-        )
+        self._db = SQLiteFile(path, JOBS_SCHEMA)
         # Jobs that were running when the process died never finished: they go back to the queue.
-        self._conn.execute("UPDATE jobs SET state = 'queued' WHERE state = 'running'")
+        self._db.execute("UPDATE jobs SET state = 'queued' WHERE state = 'running'")
 
-    def _row(self, row: tuple[Any, ...]) -> AlignmentJob:
+    def _row(self, row: Any) -> AlignmentJob:
         return AlignmentJob(
             id=row[0], user_id=row[1], state=row[2], reason=row[3], created_at=row[4], updated_at=row[5],
             result=json.loads(row[6]) if row[6] else None, error=row[7],
@@ -50,58 +48,43 @@ class JobStore:
     def create(self, user_id: str, reason: str) -> AlignmentJob:
         now = utcnow().isoformat()
         job_id = f"align-{uuid.uuid4().hex[:16]}"
-        with self._lock:
-            self._conn.execute(
-                "INSERT INTO jobs VALUES (?, ?, 'queued', ?, ?, ?, NULL, NULL)",
-                (job_id, user_id, reason, now, now),
-            )
+        self._db.execute(
+            "INSERT INTO jobs VALUES (?, ?, 'queued', ?, ?, ?, NULL, NULL)",
+            (job_id, user_id, reason, now, now),
+        )
         job = self.get(job_id)
         assert job is not None
         return job
 
     def get(self, job_id: str) -> AlignmentJob | None:
-        with self._lock:
-            row = self._conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        return self._row(row) if row else None
+        rows = self._db.query("SELECT * FROM jobs WHERE id = ?", (job_id,))
+        return self._row(rows[0]) if rows else None
 
     def open_job_for(self, user_id: str) -> AlignmentJob | None:
-        with self._lock:
-            row = self._conn.execute(
-                "SELECT * FROM jobs WHERE user_id = ? AND state IN ('queued', 'running') ORDER BY created_at LIMIT 1",
-                (user_id,),
-            ).fetchone()
-        return self._row(row) if row else None
+        rows = self._db.query(
+            "SELECT * FROM jobs WHERE user_id = ? AND state IN ('queued', 'running') ORDER BY created_at LIMIT 1",
+            (user_id,),
+        )
+        return self._row(rows[0]) if rows else None
 
     def delete_user(self, user_id: str) -> int:
         """Erase every job of the user (their answers, truths and candidate personas live in the results)."""
-        with self._lock:
-            return self._conn.execute("DELETE FROM jobs WHERE user_id = ?", (user_id,)).rowcount
+        return self._db.execute("DELETE FROM jobs WHERE user_id = ?", (user_id,))
 
     def delete_finished_before(self, cutoff: datetime) -> int:
         """Retention: finished (done or failed) jobs last updated before `cutoff` go."""
-        with self._lock:
-            return self._conn.execute(
-                "DELETE FROM jobs WHERE state IN ('done', 'failed') AND updated_at < ?", (cutoff.isoformat(),)
-            ).rowcount
+        return self._db.execute(
+            "DELETE FROM jobs WHERE state IN ('done', 'failed') AND updated_at < ?", (cutoff.isoformat(),)
+        )
 
     def queued(self) -> list[AlignmentJob]:
-        with self._lock:
-            rows = self._conn.execute(
-                "SELECT * FROM jobs WHERE state = 'queued' ORDER BY created_at"
-            ).fetchall()
+        rows = self._db.query("SELECT * FROM jobs WHERE state = 'queued' ORDER BY created_at")
         return [self._row(r) for r in rows]
 
     def update(
         self, job_id: str, state: JobState, result: dict[str, Any] | None = None, error: str | None = None
     ) -> None:
-        with self._lock:
-            self._conn.execute(
-                "UPDATE jobs SET state = ?, updated_at = ?, result = COALESCE(?, result), error = ? WHERE id = ?",
-                (
-                    state,
-                    utcnow().isoformat(),
-                    json.dumps(result) if result is not None else None,
-                    error,
-                    job_id,
-                ),
-            )
+        self._db.execute(
+            "UPDATE jobs SET state = ?, updated_at = ?, result = COALESCE(?, result), error = ? WHERE id = ?",
+            (state, utcnow().isoformat(), json.dumps(result) if result is not None else None, error, job_id),
+        )

@@ -7,7 +7,6 @@ with their vectors, and searched through their own FAISS index, shared by every 
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +17,7 @@ from pydantic import BaseModel
 
 from memory.embedder import Embedder
 from memory.records import DocumentHit
+from personaagent.sqlite import SQLiteFile
 
 TEXT_SUFFIXES = {".txt", ".md", ".markdown", ".rst"}
 
@@ -71,25 +71,26 @@ def read_documents(path: Path, max_files: int) -> Iterator[tuple[str, str]]:
     raise ValueError(f"{path}: expected a folder of .txt/.md files or a .jsonl file")
 
 
+DOCUMENTS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS documents (id INTEGER PRIMARY KEY AUTOINCREMENT, source TEXT NOT NULL,
+    text TEXT NOT NULL, embedding BLOB NOT NULL);
+"""
+
+
 class DocumentIndex:
     """Chunks in SQLite (source of truth, with vectors), searched through one FAISS inner-product index."""
 
     def __init__(self, db_path: Path, dim: int) -> None:
-        self._lock = threading.Lock()
-        self._conn = sqlite3.connect(db_path, check_same_thread=False, isolation_level=None)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute(
-            "CREATE TABLE IF NOT EXISTS documents (id INTEGER PRIMARY KEY AUTOINCREMENT, source TEXT NOT NULL,"
-            " text TEXT NOT NULL, embedding BLOB NOT NULL)"
-        )
+        self._db = SQLiteFile(db_path, DOCUMENTS_SCHEMA)
+        self._swap = threading.Lock()  # index and ids are replaced together
         self.dim = dim
         self._index = faiss.IndexFlatIP(dim)
         self._ids = np.zeros(0, dtype=np.int64)
         self.reload()
 
     def reload(self) -> int:
-        with self._lock:
-            rows = self._conn.execute("SELECT id, embedding FROM documents ORDER BY id").fetchall()
+        with self._swap:
+            rows = self._db.query("SELECT id, embedding FROM documents ORDER BY id")
             index = faiss.IndexFlatIP(self.dim)
             if rows:
                 index.add(np.stack([np.frombuffer(r[1], dtype=np.float32) for r in rows]))
@@ -100,15 +101,13 @@ class DocumentIndex:
     def load(self, path: Path, embedder: Embedder, *, max_files: int, replace: bool = False) -> int:
         chunks = [(src, c) for src, text in read_documents(path, max_files) for c in chunk_text(text)]
         vectors = embedder.encode([c for _, c in chunks]) if chunks else np.zeros((0, self.dim), np.float32)
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
+        with self._db.transaction() as conn:
             if replace:
-                self._conn.execute("DELETE FROM documents")
-            self._conn.executemany(
+                conn.execute("DELETE FROM documents")
+            conn.executemany(
                 "INSERT INTO documents(source, text, embedding) VALUES (?, ?, ?)",
                 [(s, c, v.tobytes()) for (s, c), v in zip(chunks, vectors, strict=True)],
             )
-            self._conn.execute("COMMIT")
         self.reload()
         return len(chunks)
 
@@ -120,18 +119,17 @@ class DocumentIndex:
             np.ascontiguousarray(vectors, dtype=np.float32), min(k, index.ntotal)
         )
         chosen = [(int(ids[p]), float(s)) for p, s in zip(positions[0], scores[0], strict=True) if p >= 0]
-        with self._lock:
-            rows = {
-                r[0]: r
-                for r in self._conn.execute(
-                    f"SELECT id, source, text FROM documents WHERE id IN ({','.join('?' * len(chosen))})",
-                    [i for i, _ in chosen],
-                ).fetchall()
-            }
+        rows = {
+            r[0]: r
+            for r in self._db.query(
+                f"SELECT id, source, text FROM documents WHERE id IN ({','.join('?' * len(chosen))})",
+                [i for i, _ in chosen],
+            )
+        }
         return [DocumentHit(source=rows[i][1], text=rows[i][2], score=s) for i, s in chosen if i in rows]
 
     def count(self) -> int:
         return int(self._index.ntotal)
 
     def close(self) -> None:
-        self._conn.close()
+        self._db.close()

@@ -151,7 +151,7 @@ def test_failure_mid_alignment_leaves_the_persona_unchanged(stack: Stack) -> Non
     user = "al-fault"
     with stack.http() as http:
         http.post(f"/v1/users/{user}/interactions", json=HISTORY).raise_for_status()
-        before = http.get(f"/v1/users/{user}/persona").json()
+        before = http.post(f"/v1/users/{user}/persona").json()
         job = http.post(f"/v1/users/{user}/align", params={"inject_failure_after": 2}).json()
     done = wait_job(stack, job["id"])
     assert done["state"] == "failed" and "injected" in done["error"]

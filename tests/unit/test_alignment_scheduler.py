@@ -122,7 +122,7 @@ async def test_finished_jobs_older_than_the_retention_are_pruned(tmp_path: Path)
     await scheduler.round([old, new])
     waiting = await scheduler.enqueue("waiting", "forced")
     stale = (utcnow() - timedelta(days=2)).isoformat()
-    jobs._conn.execute("UPDATE jobs SET updated_at = ? WHERE id IN (?, ?)", (stale, old.id, waiting.id))
+    jobs._db.execute("UPDATE jobs SET updated_at = ? WHERE id IN (?, ?)", (stale, old.id, waiting.id))
     assert scheduler.prune() == 1
     assert jobs.get(old.id) is None and jobs.get(new.id) is not None
     assert jobs.get(waiting.id) is not None  # a queued job is never pruned, however old
