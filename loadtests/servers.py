@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -11,6 +12,7 @@ import time
 from pathlib import Path
 
 import httpx
+import psutil
 
 from personaagent.settings import Settings
 from serving.engine import build_engine_cli_args, resolve_model_path
@@ -23,29 +25,53 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    """A server subprocess in its own process group, with its log in a file."""
+    """A server subprocess in its own session, its output in a log file; restartable. The one helper the
+    benchmarks and the stack tests (`tests/stack/harness.py`) start servers with."""
 
     def __init__(
-        self, name: str, argv: list[str], port: int, log_dir: Path, env: dict[str, str] | None = None
-    ):
+        self,
+        name: str,
+        argv: list[str],
+        port: int,
+        log_dir: Path,
+        env: dict[str, str] | None = None,
+        *,
+        cwd: Path | None = None,
+        start: bool = True,
+    ) -> None:
         self.name = name
+        self.argv = argv
         self.port = port
         self.base_url = f"http://127.0.0.1:{port}"
         self.log_path = log_dir / f"{name}.log"
         log_dir.mkdir(parents=True, exist_ok=True)
-        self._log = self.log_path.open("w")
-        self.started = time.monotonic()
-        self.proc = subprocess.Popen(
-            argv, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
-        )  # fmt: skip
+        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        self.cwd = cwd
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.started = 0.0
         self.ready_s: float | None = None
+        if start:
+            self.start()
+
+    def start(self) -> None:
+        with self.log_path.open("a") as log:
+            self.proc = subprocess.Popen(
+                self.argv,
+                cwd=self.cwd,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.started = time.monotonic()
 
     def wait_ready(self, timeout_s: float = 900) -> float:
+        """Seconds from start until /health answers 200."""
+        assert self.proc is not None
         deadline = self.started + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited ({self.proc.returncode}); see {self.log_path}")
+                raise RuntimeError(f"{self.name} exited ({self.proc.returncode}); log:\n{self.log_tail()}")
             try:
                 if httpx.get(f"{self.base_url}/health", timeout=5).status_code == 200:
                     self.ready_s = time.monotonic() - self.started
@@ -53,17 +79,53 @@ class ServerProcess:
             except httpx.HTTPError:
                 pass
             time.sleep(1)
-        raise TimeoutError(f"{self.name} not ready after {timeout_s} s; see {self.log_path}")
+        raise TimeoutError(f"{self.name} not ready after {timeout_s} s; log:\n{self.log_tail()}")
+
+    def log_tail(self, chars: int = 5000) -> str:
+        return self.log_path.read_text(errors="replace")[-chars:]
+
+    def _tree(self) -> list[psutil.Process]:
+        assert self.proc is not None
+        try:
+            root = psutil.Process(self.proc.pid)
+            return [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return []
+
+    def crash(self) -> None:
+        """SIGKILL the server and every process it started (Ray's GCS, raylet, replicas, vLLM engines)."""
+        procs = self._tree()
+        for p in procs:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.kill()
+        psutil.wait_procs(procs, timeout=60)
+        if self.proc is not None:
+            self.proc.wait()
+
+    def terminate(self, timeout_s: float = 60) -> float:
+        """SIGTERM to the server process only (as Kubernetes or systemd sends it); seconds until it and
+        every process it started are gone (what is left after `timeout_s` is killed)."""
+        procs = self._tree()
+        started = time.monotonic()
+        if procs:
+            procs[0].send_signal(signal.SIGTERM)
+        _, alive = psutil.wait_procs(procs, timeout=timeout_s)
+        took = time.monotonic() - started
+        for p in alive:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.kill()
+        if self.proc is not None:
+            self.proc.wait()
+        return took
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        self._log.close()
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.crash()
 
 
 def start_our_stack(

@@ -6,7 +6,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.stack.harness import Stack, free_port, stack_env
+from loadtests.servers import free_port
+from tests.stack.harness import Stack, stack_env
 
 
 @pytest.fixture(scope="session")

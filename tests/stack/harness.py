@@ -2,30 +2,19 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import signal
-import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
-import psutil
 from openai import OpenAI
 
+from loadtests.servers import ServerProcess
 from serving.auth import hash_key, new_key
 from tests import REPO_ROOT
 
 STACK_START_TIMEOUT_S = float(os.environ.get("PERSONAAGENT_TEST_START_TIMEOUT", "900"))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # The test stack runs with API keys, as a deployment would: an admin key for the tests, and a key scoped
@@ -41,16 +30,15 @@ API_KEYS = [
 MAX_INFLIGHT = 16
 
 
-class Stack:
-    """The session's server process; `crash()` and `start()` let one test kill and restart it."""
+class Stack(ServerProcess):
+    """The session's server process, exactly as README line 1 starts it, plus the test clients; `crash()`,
+    `terminate()` and `start()` let one test kill and restart it."""
 
     def __init__(self, port: int, data_dir: Path, log_path: Path, env: dict[str, str]) -> None:
-        self.base_url = f"http://127.0.0.1:{port}"
+        argv = [sys.executable, "-m", "personaagent.cli", "serve"]
+        super().__init__(log_path.stem, argv, port, log_path.parent, env, cwd=REPO_ROOT, start=False)
         self.data_dir = data_dir
-        self.log_path = log_path
         self.api_key = ADMIN_KEY
-        self._env = env
-        self.proc: subprocess.Popen[bytes] | None = None
 
     def openai(self, api_key: str = ADMIN_KEY, **kwargs: object) -> OpenAI:
         return OpenAI(base_url=f"{self.base_url}/v1", api_key=api_key, max_retries=0, timeout=120, **kwargs)
@@ -60,63 +48,9 @@ class Stack:
         return httpx.Client(base_url=self.base_url, timeout=120, headers=headers)
 
     def start(self) -> None:
-        """`personaagent serve` in a subprocess, exactly as README line 1 starts it; waits until healthy."""
-        with self.log_path.open("a") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "personaagent.cli", "serve"],
-                cwd=REPO_ROOT, env=self._env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            )  # fmt: skip
-        deadline = time.monotonic() + STACK_START_TIMEOUT_S
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"stack exited with {self.proc.returncode}; log:\n{self.log_tail()}")
-            try:
-                if httpx.get(f"{self.base_url}/health", timeout=5).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"stack not ready in {STACK_START_TIMEOUT_S} s; log:\n{self.log_tail()}")
-            time.sleep(2)
-
-    def log_tail(self) -> str:
-        return self.log_path.read_text()[-5000:]
-
-    def crash(self) -> None:
-        """SIGKILL the server and every process it started (Ray's GCS, raylet, replicas, vLLM engines)."""
-        assert self.proc is not None
-        root = psutil.Process(self.proc.pid)
-        procs = [root, *root.children(recursive=True)]
-        for p in procs:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                p.kill()
-        psutil.wait_procs(procs, timeout=60)
-        self.proc.wait()
-
-    def terminate(self, timeout_s: float = 60) -> float:
-        """SIGTERM to the server process only (as Kubernetes or systemd sends it); seconds until it and
-        every process it started are gone (whatever is left after `timeout_s` is killed)."""
-        assert self.proc is not None
-        root = psutil.Process(self.proc.pid)
-        procs = [root, *root.children(recursive=True)]
-        started = time.monotonic()
-        root.send_signal(signal.SIGTERM)
-        _, alive = psutil.wait_procs(procs, timeout=timeout_s)
-        took = time.monotonic() - started
-        for p in alive:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                p.kill()
-        self.proc.wait()
-        return took
-
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.crash()
+        """Start and wait until healthy."""
+        super().start()
+        self.wait_ready(STACK_START_TIMEOUT_S)
 
 
 def stack_env(port: int, data_dir: Path) -> dict[str, str]:
