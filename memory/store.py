@@ -139,6 +139,18 @@ def _check_quota(
         )
 
 
+def _keep_newest(conn: sqlite3.Connection, table: str, user_id: str, version: int, keep: int | None) -> None:
+    """Version retention: only the newest `keep` versions of the user's rows in `table` stay."""
+    if keep is not None:
+        conn.execute(f"DELETE FROM {table} WHERE user_id = ? AND version <= ?", (user_id, version - keep))
+
+
+def _keep_newest(conn: sqlite3.Connection, table: str, user_id: str, version: int, keep: int | None) -> None:
+    """Version retention: only the newest `keep` versions of the user's rows in `table` stay."""
+    if keep is not None:
+        conn.execute(f"DELETE FROM {table} WHERE user_id = ? AND version <= ?", (user_id, version - keep))
+
+
 def _ts(value: datetime) -> str:
     return value.isoformat()
 
@@ -344,10 +356,7 @@ class SQLiteStore:
                 " VALUES (?, ?, ?, ?, ?, ?)",
                 (user_id, version, text, covered, prompt, _ts(now)),
             )
-            if keep is not None:
-                conn.execute(
-                    "DELETE FROM profiles WHERE user_id = ? AND version <= ?", (user_id, version - keep)
-                )
+            _keep_newest(conn, "profiles", user_id, version, keep)
             conn.execute("UPDATE users SET interactions_since_profile = 0 WHERE user_id = ?", (user_id,))
         return Profile(
             user_id=user_id,
@@ -389,10 +398,7 @@ class SQLiteStore:
                 " VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (user_id, version, text, reason, parent, _ts(now), json.dumps(details)),
             )
-            if keep is not None:
-                conn.execute(
-                    "DELETE FROM personas WHERE user_id = ? AND version <= ?", (user_id, version - keep)
-                )
+            _keep_newest(conn, "personas", user_id, version, keep)
         return PersonaVersion(
             user_id=user_id,
             version=version,
