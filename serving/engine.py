@@ -20,6 +20,7 @@ from typing import Any
 
 from personaagent.model_cache import convert_gguf, gguf_folder, prepare_embedded_model
 from personaagent.settings import EMBEDDED_MODEL, Settings
+from serving.errors import error_payload
 
 logger = logging.getLogger(__name__)
 
@@ -156,7 +157,7 @@ class EngineService:
             yield validation_error_body(exc)
             return
         except ValueError as exc:
-            yield error_body(str(exc), code=400)
+            yield error_payload(400, str(exc))
             return
         try:
             result = await self.serving_chat.create_chat_completion(request, raw_request=None)
@@ -190,22 +191,11 @@ class EngineService:
             self._engine = None
 
 
-def error_body(
-    message: str,
-    *,
-    code: int,
-    type_: str = "invalid_request_error",
-    param: str | None = None,
-) -> dict[str, Any]:
-    """OpenAI-style error body; `code` carries the HTTP status as vLLM's ErrorResponse does."""
-    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
-
-
 def validation_error_body(exc: Any) -> dict[str, Any]:
     first = exc.errors()[0] if exc.errors() else {}
     loc = ".".join(str(part) for part in first.get("loc", ()) if part != "body")
     message = f"{loc}: {first.get('msg', 'invalid request')}" if loc else str(first.get("msg", exc))
-    return error_body(message, code=400, param=loc or None)
+    return error_payload(400, message, param=loc or None)
 
 
 _END = object()
