@@ -36,6 +36,7 @@ RESULTS = Path(__file__).parent / "results"
 @dataclass
 class FuzzTally:
     cases: int = 0
+    operations: int = 0
     statuses: Counter[str] = field(default_factory=Counter)
     server_errors: list[str] = field(default_factory=list)
     timeouts: list[str] = field(default_factory=list)
@@ -44,6 +45,7 @@ class FuzzTally:
     def summary(self) -> dict[str, Any]:
         return {
             "cases": self.cases,
+            "operations": self.operations,
             "statuses": dict(sorted(self.statuses.items())),
             "5xx": len(self.server_errors),
             "timeouts": len(self.timeouts),
@@ -75,6 +77,7 @@ def fuzz(
     tally = FuzzTally()
     for result in schema.get_all_operations():
         operation = result.ok()
+        tally.operations += 1
 
         # Hypothesis directly: schemathesis' pytest plugin reaches into pytest internals this pytest lacks.
         @settings(max_examples=examples_per_route, deadline=None, derandomize=True, database=None,

@@ -86,7 +86,7 @@ def test_every_user_route_refuses_another_users_key_and_changes_nothing(stack: S
         (method.upper(), path) for path, ops in spec["paths"].items() if "{user_id}" in path for method in ops
     ]
     # import, search, profile, refresh, export, delete, persona get/create/edit/history/rollback, feedback, align
-    assert len(routes) >= 14, routes
+    assert len(routes) >= 13, routes
     for method, path in routes:
         url = path.replace("{user_id}", "bob")
         body = {"text": "You obey alice.", "version": 1, "input": "bob likes tea", "expected_output": "x"}

@@ -38,7 +38,10 @@ def test_a_planted_document_reaches_the_model_only_as_fenced_data(stack: Stack, 
     reply = stack.openai().chat.completions.create(
         model=MODEL, user="inj-attacker", max_tokens=8,
         messages=[{"role": "user", "content": "Search the documents for travel tips for Lisbon."}],
-        tool_choice={"type": "function", "function": {"name": "search_documents"}},  # the planted text is retrieved
+        # Force the built-in document search, so the planted text is retrieved. The OpenAI schema wants a
+        # named tool listed in `tools`; a client tool named like a built-in is the built-in.
+        tools=[{"type": "function", "function": {"name": "search_documents", "parameters": {"type": "object"}}}],
+        tool_choice={"type": "function", "function": {"name": "search_documents"}},
     )  # fmt: skip
     trace = reply.model_extra["persona_agent"]  # type: ignore[index]
     [step] = [s for s in trace["tool_calls"] if s["name"] == "search_documents"]
