@@ -101,7 +101,7 @@ def build_http_app(
     )
 
     @app.middleware("http")
-    async def limits_and_metrics(
+    async def http_metrics(
         request: Request, call_next: Callable[[Request], Awaitable[Response]]
     ) -> Response:
         started = time.perf_counter()
