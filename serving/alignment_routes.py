@@ -10,6 +10,7 @@ from alignment.jobs import AlignmentJob
 from personaagent.settings import Settings
 from serving.auth import require_admin, require_user
 from serving.errors import APIError
+from serving.scheduling import enqueue_if_due
 from serving.user_routes import UserIdPath
 
 
@@ -52,9 +53,7 @@ def build_alignment_router(memory: Any, alignment: Any, settings: Settings) -> A
         if item is None:
             key = "completion_id" if body.completion_id is not None else "input"
             raise APIError(404, f"no interaction of user '{user_id}' matches that {key}", param=key)
-        job = None
-        if await memory.take_alignment_due.remote(user_id):
-            job = await alignment.enqueue.remote(user_id, "feedback")
+        job = await enqueue_if_due(memory, alignment, user_id, "feedback")
         return FeedbackResult(user_id=user_id, interaction_id=item.id, alignment_job=job)
 
     @router.post("/v1/users/{user_id}/align", response_model=AlignmentJob, summary="Force an alignment now")

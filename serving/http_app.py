@@ -101,9 +101,7 @@ def build_http_app(
     )
 
     @app.middleware("http")
-    async def http_metrics(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
+    async def http_metrics(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         started = time.perf_counter()
         response = await call_next(request)
         route = _route_label(request)

@@ -19,6 +19,7 @@ from memory.records import (
 )
 from personaagent.settings import Settings
 from serving.errors import APIError
+from serving.scheduling import enqueue_if_due
 
 UserIdPath = Annotated[
     str,
@@ -81,9 +82,8 @@ def build_user_router(memory: Any, settings: Settings, alignment: Any | None = N
             and schedule_alignment
             and settings.alignment.schedule_on_import
             and any(i.output is not None for i in items)
-            and await memory.take_alignment_due.remote(user_id)
         ):
-            await alignment.enqueue.remote(user_id, "import")
+            await enqueue_if_due(memory, alignment, user_id, "import")
         return ImportResult(user_id=user_id, ids=ids)
 
     @router.get("/{user_id}/memories", response_model=SearchResult, summary="Episodic top-k by similarity")
