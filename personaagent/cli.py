@@ -101,14 +101,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
     started = time.monotonic()
     resolve_model_path(settings)  # convert the embedded model here, once, with visible progress
     Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
-    ray.init(
-        address=settings.ray.address,
-        num_cpus=None if settings.ray.address else settings.ray.num_cpus,
-        include_dashboard=False,
-        runtime_env={"env_vars": ray_env} if ray_env else None,
-        configure_logging=True,
-        logging_level=logging.WARNING,
-    )
+    for attempt in (1, 2):
+        try:
+            ray.init(
+                address=settings.ray.address,
+                num_cpus=None if settings.ray.address else settings.ray.num_cpus,
+                include_dashboard=False,
+                runtime_env={"env_vars": ray_env} if ray_env else None,
+                configure_logging=True,
+                logging_level=logging.WARNING,
+            )
+            break
+        except Exception as exc:
+            # A local Ray node can time out starting on a saturated machine ("timed out during startup");
+            # one more try then, rather than a failed start.
+            if attempt == 2 or settings.ray.address or "timed out" not in str(exc):
+                raise
+            print(f"Ray did not start ({exc}); trying once more", flush=True)
+            ray.shutdown()
     serve.start(http_options={"host": settings.server.host, "port": settings.server.port})
     serve.run(build_app(settings), name="personaagent", route_prefix="/", blocking=False)
     ready_s = time.monotonic() - started
