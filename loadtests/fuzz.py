@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
+import sys
 import tempfile
 import time
 from collections import Counter
@@ -132,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--user-id", default="fuzz-user", help="the user --user-key is scoped to")
     parser.add_argument("--timeout-s", type=float, default=60)
     args = parser.parse_args(argv)
+    # A SIGTERM ends the run through `finally` below, so the stack it started goes with it.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     server = None
     if args.url:
