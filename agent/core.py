@@ -353,18 +353,11 @@ class PersonaAgent:
 
     async def _priming_search(self, plan: AgentPlan, query: str) -> list[MemoryHit]:
         """The memories for this request, recorded in the trace as an automatic search_memory step."""
-        step = ToolStep(name="search_memory", arguments={"query": query}, auto=True)
-        hits: list[MemoryHit] = []
-        try:
-            hits = (
-                await self.memory.search(plan.user_id, query, self.config.memory_k, tuple(plan.exclude_ids))
-                or []
-            )
-        except Exception as exc:  # the answer goes on without memories rather than failing
-            step.error = type(exc).__name__
-            logger.warning("priming search failed for a request: %s", exc)
-        step.memory_ids = [h.interaction.id for h in hits]
-        step.result = _clip(_hit_lines(hits) or "(no memories found)", self.config.trace_result_chars)
+        step, full, hits = await self._run_builtin(
+            plan.user_id, "search_memory", {"query": query}, plan.exclude_ids
+        )
+        step.auto = True
+        step.result = _clip(full, self.config.trace_result_chars)
         plan.steps.append(step)
         return hits
 
@@ -569,17 +562,19 @@ class PersonaAgent:
     async def _run_step(self, plan: AgentPlan, name: str, arguments: dict[str, Any]) -> str:
         """Run a built-in tool; record it in the trace (clipped); return its result for the prompt."""
         cfg = self.config
-        step, full = await self._run_builtin(plan.user_id, name, arguments, plan.exclude_ids)
+        step, full, _ = await self._run_builtin(plan.user_id, name, arguments, plan.exclude_ids)
         step.result = _clip(full, cfg.trace_result_chars)
         plan.steps.append(step)
         return f"{name}({json.dumps(arguments)}):\n{_clip(full, cfg.observation_chars)}"
 
     async def _run_builtin(
         self, user_id: str, name: str, arguments: dict[str, Any], exclude_ids: Sequence[int]
-    ) -> tuple[ToolStep, str]:
+    ) -> tuple[ToolStep, str, list[MemoryHit]]:
+        """Run a built-in tool: its trace step, its full result text, and the memories it found (if any)."""
         cfg = self.config
         step = ToolStep(name=name, arguments=arguments)
         full = ""
+        hits: list[MemoryHit] = []
         try:
             if name == "search_memory":
                 hits = (
@@ -599,7 +594,7 @@ class PersonaAgent:
             step.error = type(exc).__name__
             logger.warning("tool %s failed for a request: %s", name, exc)
             full = f"(tool failed: {step.error})"
-        return step, full
+        return step, full, hits
 
     async def answer(
         self, plan: AgentPlan, *, max_tokens: int = 256, priority: int = 0, temperature: float = 0.0
