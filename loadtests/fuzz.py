@@ -68,6 +68,21 @@ def _bounded(case: schemathesis.Case) -> None:
         case.body.pop("max_completion_tokens", None)
 
 
+def _shape(body: Any) -> str:
+    """What a timed-out request asked for, without its text: field -> value for numbers and flags, size else."""
+    if not isinstance(body, dict):
+        return type(body).__name__
+    parts = []
+    for key, value in body.items():
+        if isinstance(value, bool | int | float) or value is None:
+            parts.append(f"{key}={value}")
+        elif isinstance(value, str):
+            parts.append(f"{key}=str[{len(value)}]")
+        elif isinstance(value, list | dict):
+            parts.append(f"{key}={type(value).__name__}[{len(value)}]")
+    return "{" + ", ".join(parts) + "}"
+
+
 def fuzz(
     base_url: str,
     api_key: str,
@@ -102,7 +117,7 @@ def fuzz(
             try:
                 response = case.call(headers=headers, timeout=timeout_s)
             except requests.Timeout:
-                tally.timeouts.append(label)
+                tally.timeouts.append(f"{label} {_shape(case.body)}")
                 return
             tally.statuses[f"{response.status_code // 100}xx"] += 1
             if response.status_code >= 500:

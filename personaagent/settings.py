@@ -89,6 +89,9 @@ class ServerSettings(BaseModel):
     max_tokens: int | None = Field(
         None, ge=1, description="cap on a request's max_tokens (None: the context)"
     )
+    max_n: int = Field(
+        8, ge=1, description="choices per chat request (`n`); more is 400: each choice is a full generation"
+    )
     max_inflight_requests: int = Field(
         64,
         ge=1,

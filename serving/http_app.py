@@ -163,6 +163,8 @@ def build_http_app(
             value = getattr(request, field, None)
             if cap is not None and value is not None and value > cap:
                 raise APIError(400, f"{field}: at most {cap}", param=field)
+        if request.n is not None and request.n > settings.server.max_n:
+            raise APIError(400, f"n: at most {settings.server.max_n} choices per request", param="n")
         # Forward the client's JSON as sent: vLLM's request validators rewrite fields (response_format ->
         # structured_outputs), so a dump of the validated model would not validate the same way again.
         body = await raw_request.json()

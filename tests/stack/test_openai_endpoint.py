@@ -123,11 +123,12 @@ def _assert_openai_error(response: object, status: int) -> dict:
         ({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5000}, 400, "max_tokens"),
         ({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 100000}, 400, "max_tokens"),
         ({"model": MODEL, "messages": [{"role": "user", "content": "x" * 100_001}]}, 400, "messages.0.content"),
+        ({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "n": 9, "max_tokens": 1}, 400, "n"),
         ({"model": "no-such-model", "messages": [{"role": "user", "content": "hi"}]}, 404, "model"),
     ],
     ids=["missing-messages", "empty-messages", "messages-wrong-type", "max-tokens-wrong-type",
          "temperature-wrong-type", "max-tokens-beyond-context", "max-tokens-over-the-cap", "message-too-long",
-         "unknown-model"],
+         "too-many-choices", "unknown-model"],
 )  # fmt: skip
 def test_bad_request_bodies(stack: Stack, payload: dict, status: int, param: str) -> None:
     with stack.http() as http:
