@@ -11,12 +11,12 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-import faiss
 import numpy as np
 from pydantic import BaseModel
 
 from memory.embedder import Embedder
 from memory.records import DocumentHit
+from memory.vectors import FlatVectorIndex
 from personaagent.sqlite import SQLiteFile
 
 TEXT_SUFFIXES = {".txt", ".md", ".markdown", ".rst"}
@@ -78,24 +78,25 @@ CREATE TABLE IF NOT EXISTS documents (id INTEGER PRIMARY KEY AUTOINCREMENT, sour
 
 
 class DocumentIndex:
-    """Chunks in SQLite (source of truth, with vectors), searched through one FAISS inner-product index."""
+    """Chunks in SQLite (source of truth, with vectors), searched through one flat vector index."""
 
     def __init__(self, db_path: Path, dim: int) -> None:
         self._db = SQLiteFile(db_path, DOCUMENTS_SCHEMA)
-        self._swap = threading.Lock()  # index and ids are replaced together
         self.dim = dim
-        self._index = faiss.IndexFlatIP(dim)
-        self._ids = np.zeros(0, dtype=np.int64)
+        self._vectors = FlatVectorIndex(dim)
+        self._reload = threading.Lock()  # two loads' reloads must not swap in an older read last
         self.reload()
 
     def reload(self) -> int:
-        with self._swap:
+        with self._reload:
             rows = self._db.query("SELECT id, embedding FROM documents ORDER BY id")
-            index = faiss.IndexFlatIP(self.dim)
+            vectors = FlatVectorIndex(self.dim)
             if rows:
-                index.add(np.stack([np.frombuffer(r[1], dtype=np.float32) for r in rows]))
-            self._index = index
-            self._ids = np.asarray([r[0] for r in rows], dtype=np.int64)
+                vectors.add(
+                    np.asarray([r[0] for r in rows], dtype=np.int64),
+                    np.stack([np.frombuffer(r[1], dtype=np.float32) for r in rows]),
+                )
+            self._vectors = vectors  # one reference swap: a search sees the old or the new collection whole
             return len(rows)
 
     def load(self, path: Path, embedder: Embedder, *, max_files: int, replace: bool = False) -> int:
@@ -112,13 +113,9 @@ class DocumentIndex:
         return len(chunks)
 
     def search(self, vectors: np.ndarray, k: int) -> list[DocumentHit]:
-        index, ids = self._index, self._ids
-        if index.ntotal == 0:
+        chosen = self._vectors.search(vectors, k)[0]  # one query
+        if not chosen:
             return []
-        scores, positions = index.search(
-            np.ascontiguousarray(vectors, dtype=np.float32), min(k, index.ntotal)
-        )
-        chosen = [(int(ids[p]), float(s)) for p, s in zip(positions[0], scores[0], strict=True) if p >= 0]
         rows = {
             r[0]: r
             for r in self._db.query(
@@ -129,7 +126,7 @@ class DocumentIndex:
         return [DocumentHit(source=rows[i][1], text=rows[i][2], score=s) for i, s in chosen if i in rows]
 
     def count(self) -> int:
-        return int(self._index.ntotal)
+        return self._vectors.ntotal
 
     def close(self) -> None:
         self._db.close()
