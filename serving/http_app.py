@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request, Response
-from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
 
@@ -23,11 +22,10 @@ from serving.errors import (
     ERROR_RESPONSES,
     APIError,
     error_response,
-    from_engine_error,
     install_error_handlers,
-    internal_error_payload,
 )
 from serving.personalized_chat import PersonalizedChat
+from serving.relay import relay_chat
 from serving.user_routes import build_user_router
 
 
@@ -202,25 +200,3 @@ def build_http_app(
             return JSONResponse({"chunks": await memory.reload_documents.remote()})
 
     return app
-
-
-async def relay_chat(items: AsyncIterator[dict[str, Any] | str]) -> Response:
-    """Turn the engine's output (one dict, or SSE strings) into an HTTP response."""
-    first = await anext(items, None)
-    if first is None:
-        return error_response(500, "engine returned no output", type_="server_error")
-    if isinstance(first, dict):
-        if "error" in first:
-            return from_engine_error(first)
-        return JSONResponse(first)
-
-    async def stream() -> AsyncIterator[str]:
-        yield first
-        try:
-            async for chunk in items:
-                yield chunk if isinstance(chunk, str) else f"data: {json.dumps(chunk)}\n\n"
-        except Exception as exc:
-            payload = internal_error_payload(exc, "a streamed chat")
-            yield f"data: {json.dumps(payload)}\n\ndata: [DONE]\n\n"
-
-    return StreamingResponse(stream(), media_type="text/event-stream")

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import Response
-from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
 
 from agent.core import AgentOptions, AgentPlan, PersonaAgent, last_user_text
 from memory.records import USER_ID_RE, InteractionIn
-from serving.errors import APIError, from_engine_error
+from serving.errors import APIError
+from serving.relay import relay_chat
 
 
 def check_user_id(user_id: Any) -> str:
@@ -59,7 +57,7 @@ class PersonalizedChat:
             self._persona_tokens[key] = await self.engine.count_chat_tokens(persona_turn)
         return self._persona_tokens[key]
 
-    async def _record(
+    async def record(
         self, user_id: str, question: str, answer: str, completion_id: str, plan: AgentPlan
     ) -> None:
         if not self.write_back or not question.strip():
@@ -85,66 +83,43 @@ class PersonalizedChat:
         )
         plan.persona_tokens = await self.persona_tokens(plan)
         plan.trace_final_prompt = self.trace_final_prompt
-        items = self.agent.generate(plan, body)
-        first = await anext(items, None)
-        if first is None:
-            raise APIError(500, "engine returned no output", type_="server_error")
-        question = last_user_text(body["messages"])
-        if isinstance(first, dict):
-            if "error" in first:
-                return from_engine_error(first)
-            first["persona_agent"] = plan.trace()
-            choice = first["choices"][0]
-            if choice.get("finish_reason") != "tool_calls":
-                answer = choice["message"].get("content") or ""
-                await self._record(user_id, question, answer, first["id"], plan)
-            return JSONResponse(first)
-        return StreamingResponse(
-            self._stream(first, items, plan, user_id, question), media_type="text/event-stream"
-        )
+        hooks = _AgentRelayHooks(self, plan, user_id, last_user_text(body["messages"]))
+        return await relay_chat(self.agent.generate(plan, body), hooks)
 
-    async def _stream(
-        self,
-        first: str,
-        items: AsyncIterator[dict[str, Any] | str],
-        plan: AgentPlan,
-        user_id: str,
-        question: str,
-    ) -> AsyncIterator[str]:
-        """Relay the agent's SSE: the first event carries `persona_agent`, the finishing one its final
-        state (tool rounds run while streaming); the answer is written back before [DONE]."""
-        parts: list[str] = []
-        completion_id = ""
-        injected = False
-        called_client_tool = False
 
-        def process(text: str) -> str:
-            nonlocal injected, completion_id, called_client_tool
-            out: list[str] = []
-            for event in text.split("\n\n"):
-                if event == "data: [DONE]":
-                    continue  # sent after the write-back: a client closes the stream on [DONE]
-                if not event.startswith("data: "):
-                    if event:
-                        out.append(event)
-                    continue
-                data = json.loads(event[6:])
-                completion_id = completion_id or data.get("id", "")
-                finished = False
-                for choice in data.get("choices") or []:
-                    parts.append((choice.get("delta") or {}).get("content") or "")
-                    called_client_tool |= choice.get("finish_reason") == "tool_calls"
-                    finished |= bool(choice.get("finish_reason"))
-                if not injected or finished:
-                    data["persona_agent"] = plan.trace()
-                    injected = True
-                    event = f"data: {json.dumps(data)}"
-                out.append(event)
-            return "".join(e + "\n\n" for e in out)
+class _AgentRelayHooks:
+    """The relay hooks of one personalized chat: the trace goes on the response (on the first streamed
+    chunk, and again on the finishing one, since tool rounds run while streaming); the answer is written
+    back unless the model handed a tool call to the client."""
 
-        yield process(first)
-        async for chunk in items:
-            yield process(chunk) if isinstance(chunk, str) else f"data: {json.dumps(chunk)}\n\n"
-        if not called_client_tool:
-            await self._record(user_id, question, "".join(parts), completion_id, plan)
-        yield "data: [DONE]\n\n"
+    def __init__(self, chat: PersonalizedChat, plan: AgentPlan, user_id: str, question: str) -> None:
+        self.chat, self.plan, self.user_id, self.question = chat, plan, user_id, question
+        self.parts: list[str] = []
+        self.completion_id = ""
+        self.traced = False
+        self.called_client_tool = False
+
+    async def on_response(self, response: dict[str, Any]) -> None:
+        response["persona_agent"] = self.plan.trace()
+        choice = response["choices"][0]
+        if choice.get("finish_reason") != "tool_calls":
+            answer = choice["message"].get("content") or ""
+            await self.chat.record(self.user_id, self.question, answer, response["id"], self.plan)
+
+    def on_event(self, data: dict[str, Any]) -> dict[str, Any] | None:
+        self.completion_id = self.completion_id or data.get("id", "")
+        finished = False
+        for choice in data.get("choices") or []:
+            self.parts.append((choice.get("delta") or {}).get("content") or "")
+            self.called_client_tool |= choice.get("finish_reason") == "tool_calls"
+            finished |= bool(choice.get("finish_reason"))
+        if self.traced and not finished:
+            return None
+        self.traced = True
+        return data | {"persona_agent": self.plan.trace()}
+
+    async def on_stream_end(self) -> None:
+        if not self.called_client_tool:
+            await self.chat.record(
+                self.user_id, self.question, "".join(self.parts), self.completion_id, self.plan
+            )
