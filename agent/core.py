@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from agent.prompts import TOOL_CONTEXT, TOOLS_PROMPTED
 from agent.tools import BUILTIN_TOOLS, ToolSpec, ToolStep, client_tool_specs
 from memory.records import DocumentHit, MemoryHit, PersonaVersion
-from personaagent.llm import LLM
+from personaagent.llm import LLM, TokenUsage
 from personaagent.quoting import history_block, history_lines, quote_data
 from personaagent.salts import CacheSalts
 from personaagent.settings import AgentSettings
@@ -114,11 +114,8 @@ class AgentPlan(BaseModel):
     exclude_ids: list[int] = Field(default_factory=list)
     trace_final_prompt: bool = False
     steps: list[ToolStep] = Field(default_factory=list)
-    llm_calls: int = 0
+    usage: TokenUsage = Field(default_factory=TokenUsage, description="every engine call of this request")
     tool_llm_calls: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cached_tokens: int = 0
 
     @property
     def memory_ids(self) -> list[int]:
@@ -136,24 +133,9 @@ class AgentPlan(BaseModel):
             "persona_tokens": self.persona_tokens,
             "tool_calls": [s.model_dump() for s in self.steps],
             "memory_ids": self.memory_ids,
-            "llm_calls": self.llm_calls,
+            "llm_calls": self.usage.calls,
             "tool_llm_calls": self.tool_llm_calls,
         } | ({"final_messages": self.messages} if self.trace_final_prompt else {})
-
-    def add_usage(self, usage: dict[str, Any] | None) -> None:
-        usage = usage or {}
-        self.prompt_tokens += int(usage.get("prompt_tokens") or 0)
-        self.completion_tokens += int(usage.get("completion_tokens") or 0)
-        details = usage.get("prompt_tokens_details") or {}
-        self.cached_tokens += int(details.get("cached_tokens") or 0)
-
-    def usage(self) -> dict[str, Any]:
-        return {
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens,
-            "total_tokens": self.prompt_tokens + self.completion_tokens,
-            "prompt_tokens_details": {"cached_tokens": self.cached_tokens},
-        }
 
 
 def _text(content: Any) -> str:
@@ -404,12 +386,12 @@ class PersonaAgent:
             async for item in self.llm.run(body):
                 if isinstance(item, dict):
                     result = item
-            plan.llm_calls += 1
+            plan.usage.calls += 1
             if result is None or "error" in result or not result.get("choices"):
                 yield result or {"error": {"message": "engine returned no output", "type": "server_error",
                                            "param": None, "code": 500}}  # fmt: skip
                 return
-            plan.add_usage(result.get("usage"))
+            plan.usage.add_openai(result.get("usage"))
             message = result["choices"][0].get("message") or {}
             calls = [
                 _Call(id=c.get("id", ""), name=(c.get("function") or {}).get("name", ""),
@@ -431,7 +413,7 @@ class PersonaAgent:
             elif "<tool_call>" in (message.get("content") or ""):
                 # A call cut off by max_tokens is not parsed: its markup is not part of the answer.
                 message["content"] = message["content"].split("<tool_call>", 1)[0].rstrip()
-            result["usage"] = plan.usage()
+            result["usage"] = plan.usage.openai()
             yield result
             return
 
@@ -450,7 +432,7 @@ class PersonaAgent:
             relayed: dict[int, int] = {}  # engine tool-call index -> index the client sees
             content: list[str] = []
             finish: dict[str, Any] | None = None
-            plan.llm_calls += 1
+            plan.usage.calls += 1
             body = self._engine_body(plan, request, round_)
             async for item in self.llm.run(body):
                 if isinstance(item, dict):  # an error before streaming began
@@ -467,7 +449,7 @@ class PersonaAgent:
                     completion_id = completion_id or data.get("id", "")
                     data["id"] = completion_id
                     if not data.get("choices"):  # the closing usage chunk (stream_options.include_usage)
-                        plan.add_usage(data.get("usage"))
+                        plan.usage.add_openai(data.get("usage"))
                         usage_chunk = data
                         continue
                     choice = data["choices"][0]
@@ -517,7 +499,7 @@ class PersonaAgent:
                 yield f"data: {json.dumps(finish)}\n\n"
             break
         if usage_chunk is not None:
-            usage_chunk["usage"] = plan.usage()
+            usage_chunk["usage"] = plan.usage.openai()
             yield f"data: {json.dumps(usage_chunk)}\n\n"
         yield "data: [DONE]\n\n"
 

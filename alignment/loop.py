@@ -22,7 +22,7 @@ from agent.persona import bound_persona
 from agent.prompts import ALIGN_FEEDBACK, ALIGN_JUDGE, ALIGN_UPDATE
 from alignment.scoring import metric_kind, task_score
 from memory.records import Interaction
-from personaagent.llm import LLM
+from personaagent.llm import LLM, TokenUsage
 from personaagent.quoting import quote_data
 
 FEEDBACK_SCHEMA: dict[str, Any] = {
@@ -79,15 +79,11 @@ class TokenMeter:
     def __init__(self, llm: LLM, cache_salt: str | None = None) -> None:
         self.llm = llm
         self.cache_salt = cache_salt
-        self.prompt_tokens = 0
-        self.completion_tokens = 0
-        self.calls = 0
+        self.usage = TokenUsage()
 
     async def chat(self, messages: list[dict[str, Any]], **kwargs: Any) -> str:
         result = await self.llm.chat(messages, cache_salt=self.cache_salt, **kwargs)
-        self.prompt_tokens += result.prompt_tokens
-        self.completion_tokens += result.completion_tokens
-        self.calls += 1
+        self.usage.add(result.usage)
         return result.text
 
 
@@ -109,9 +105,7 @@ async def simulate(
             persona_override=persona,
         )
         answer = await agent.answer(plan, max_tokens=cfg.answer_max_tokens, priority=cfg.priority)
-        meter.prompt_tokens += plan.prompt_tokens
-        meter.completion_tokens += plan.completion_tokens
-        meter.calls += plan.llm_calls
+        meter.usage.add(plan.usage)
         return answer
 
     return list(await asyncio.gather(*(one(i) for i in items)))
@@ -229,10 +223,10 @@ async def align_user(
         outcome.accepted = outcome.score_after >= (outcome.score_before or 0.0)
     else:
         outcome.accepted = True
-    outcome.prompt_tokens, outcome.completion_tokens, outcome.llm_calls = (
-        meter.prompt_tokens,
-        meter.completion_tokens,
-        meter.calls,
+    outcome.prompt_tokens, outcome.completion_tokens = (
+        meter.usage.prompt_tokens,
+        meter.usage.completion_tokens,
     )
+    outcome.llm_calls = meter.usage.calls
     outcome.seconds = time.monotonic() - started
     return outcome

@@ -25,12 +25,42 @@ class LLMError(RuntimeError):
         self.status = status
 
 
+class TokenUsage(BaseModel):
+    """The one token meter: what a group of LLM calls cost (an agent's request, one alignment)."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    calls: int = 0
+
+    def add_openai(self, usage: dict[str, Any] | None) -> None:
+        """Add one OpenAI `usage` object (the call itself is counted apart, when it is made)."""
+        usage = usage or {}
+        self.prompt_tokens += int(usage.get("prompt_tokens") or 0)
+        self.completion_tokens += int(usage.get("completion_tokens") or 0)
+        self.cached_tokens += int((usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0)
+
+    def add(self, other: TokenUsage) -> None:
+        self.prompt_tokens += other.prompt_tokens
+        self.completion_tokens += other.completion_tokens
+        self.cached_tokens += other.cached_tokens
+        self.calls += other.calls
+
+    def openai(self) -> dict[str, Any]:
+        """As an OpenAI `usage` object (with vLLM's cache hits in `prompt_tokens_details`)."""
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.prompt_tokens + self.completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": self.cached_tokens},
+        }
+
+
 class LLMResult(BaseModel):
     id: str
     text: str
     finish_reason: str | None
-    prompt_tokens: int
-    completion_tokens: int
+    usage: TokenUsage
 
 
 class LLM:
@@ -83,11 +113,11 @@ class LLM:
             err = result["error"]
             raise LLMError(str(err.get("message")), int(err.get("code") or 500))
         choice0 = result["choices"][0]
-        usage = result.get("usage") or {}
+        usage = TokenUsage(calls=1)
+        usage.add_openai(result.get("usage"))
         return LLMResult(
             id=result["id"],
             text=choice0["message"].get("content") or "",
             finish_reason=choice0.get("finish_reason"),
-            prompt_tokens=int(usage.get("prompt_tokens", 0)),
-            completion_tokens=int(usage.get("completion_tokens", 0)),
+            usage=usage,
         )

@@ -145,7 +145,7 @@ async def test_no_tool_needed_is_one_engine_call_with_persona_memories_and_tools
         plan = await agent.prepare("u1", [{"role": "user", "content": "Tag this movie"}])
         text, calls = await _respond(agent, plan, stream)
         assert text.strip() == "hello there" and calls == []
-        assert len(engine.bodies) == 1 and plan.llm_calls == 1
+        assert len(engine.bodies) == 1 and plan.usage.calls == 1
         body = engine.bodies[0]
         assert body["messages"][0]["content"].startswith("persona of u1")  # persona first, byte-stable
         assert body["tool_choice"] == "auto"
@@ -185,11 +185,11 @@ async def test_builtin_call_runs_and_the_generation_continues() -> None:
         plan = await agent.prepare("u1", [{"role": "user", "content": "What do I like?"}])
         text, calls = await _respond(agent, plan, stream)
         assert text.strip() == "answer with memories" and calls == []  # the built-in call is not the client's
-        assert memory.searches == ["films"] and plan.llm_calls == 2 and plan.tool_llm_calls == 1
+        assert memory.searches == ["films"] and plan.usage.calls == 2 and plan.tool_llm_calls == 1
         second = engine.bodies[1]["messages"]
         assert "<tool_call>" in second[-2]["content"] and "search_memory" in second[-2]["content"]
         assert second[-1]["role"] == "user" and '<data kind="tool_result">' in second[-1]["content"]
-        assert plan.prompt_tokens == 20 and plan.completion_tokens == 6
+        assert plan.usage.prompt_tokens == 20 and plan.usage.completion_tokens == 6
 
 
 async def test_builtin_results_use_tool_messages_when_the_template_renders_tools() -> None:

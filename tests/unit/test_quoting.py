@@ -8,6 +8,7 @@ from typing import Any
 from agent.persona import initial_persona
 from alignment.loop import AlignmentConfig, TokenMeter, feedback_for
 from memory.records import Interaction, utcnow
+from personaagent.llm import LLMResult, TokenUsage
 from personaagent.quoting import history_block, quote_data
 
 ESCAPE = (
@@ -40,14 +41,10 @@ class RecordingLLM:
     def __init__(self) -> None:
         self.prompts: list[str] = []
 
-    async def chat(self, messages: list[dict[str, Any]], **kwargs: Any) -> Any:
+    async def chat(self, messages: list[dict[str, Any]], **kwargs: Any) -> LLMResult:
         self.prompts.append(messages[-1]["content"])
-
-        class Result:
-            text = '{"persona_change": "", "search_keywords": "", "preferences": ""}'
-            prompt_tokens = completion_tokens = 1
-
-        return Result()
+        text = '{"persona_change": "", "search_keywords": "", "preferences": ""}'
+        return LLMResult(id="r", text=text, finish_reason="stop", usage=TokenUsage(prompt_tokens=1, calls=1))
 
 
 async def test_alignment_prompts_fence_persona_request_answer_and_truth() -> None:
