@@ -49,37 +49,6 @@ class AgentMemory(Protocol):
     async def search_documents(self, query: str, k: int) -> list[DocumentHit]: ...
 
 
-class AgentConfig(BaseModel):
-    max_steps: int = Field(3, ge=0, description="generation rounds that may call a built-in tool")
-    memory_k: int = Field(4, ge=1)
-    document_k: int = Field(3, ge=1)
-    forced_call_min_tokens: int = Field(128, ge=16, description="budget of a round that must write a call")
-    observation_chars: int = Field(1200, ge=100, description="per tool result, in the prompt")
-    trace_result_chars: int = Field(200, ge=20, description="per tool result, in the response trace")
-    use_tools: bool = True
-    use_persona: bool = True
-    use_memory: bool = True
-    # Retrieve the user's memories for the request before generating: even a small model then answers
-    # with the user's own history in view; the model may still search further itself.
-    auto_memory_search: bool = True
-    tools_in_template: bool = Field(
-        False,
-        description="the model's chat template renders `tools` (Qwen2.5, Mistral); false: the agent "
-        "writes the Hermes tool block into the system prompt itself (SmolLM2)",
-    )
-
-    @classmethod
-    def from_settings(cls, agent: AgentSettings, tools_in_template: bool = False) -> AgentConfig:
-        """The agent's settings from the service settings (chat and alignment use the same)."""
-        return cls(
-            max_steps=agent.max_steps,
-            memory_k=agent.memory_k,
-            document_k=agent.document_k,
-            forced_call_min_tokens=agent.forced_call_min_tokens,
-            tools_in_template=tools_in_template,
-        )
-
-
 class AgentOptions(BaseModel):
     """Per-request switches (the `persona_agent_options` chat field): the paper's ablations, over HTTP."""
 
@@ -87,15 +56,6 @@ class AgentOptions(BaseModel):
     persona: bool = Field(True, description="false: no persona system prompt")
     memory: bool = Field(True, description="false: no episodic or semantic memory (search, profile, priming)")
     tools: bool = Field(True, description="false: no action module (no tools, no memory priming)")
-
-    def apply(self, config: AgentConfig) -> AgentConfig:
-        return config.model_copy(
-            update={
-                "use_persona": config.use_persona and self.persona,
-                "use_memory": config.use_memory and self.memory,
-                "use_tools": config.use_tools and self.tools,
-            }
-        )
 
 
 class AgentPlan(BaseModel):
@@ -259,12 +219,21 @@ class _Call(BaseModel):
 
 class PersonaAgent:
     def __init__(
-        self, llm: LLM, memory: AgentMemory, salts: CacheSalts, config: AgentConfig | None = None
+        self,
+        llm: LLM,
+        memory: AgentMemory,
+        salts: CacheSalts,
+        settings: AgentSettings | None = None,
+        *,
+        tools_in_template: bool = False,
     ) -> None:
+        """`tools_in_template`: the model's chat template renders `tools` (the engine's setting: Qwen2.5,
+        Mistral); false, the agent writes the Hermes tool block into the system prompt itself (SmolLM2)."""
         self.llm = llm
         self.memory = memory
         self.salts = salts
-        self.config = config or AgentConfig()
+        self.settings = settings or AgentSettings()
+        self.tools_in_template = tools_in_template
 
     # -- preparing the one generation --------------------------------------------------------------
 
@@ -280,18 +249,18 @@ class PersonaAgent:
         options: AgentOptions | None = None,
     ) -> AgentPlan:
         """Persona, conversation, the user's memories for this request and the tools to offer (no LLM)."""
-        cfg = options.apply(self.config) if options is not None else self.config
+        cfg, switches = self.settings, options or AgentOptions()
         persona_version: int | None = None
         persona: str | None = None
-        if cfg.use_persona:
+        if switches.persona:
             if persona_override is not None:
                 persona = persona_override
             else:
                 record = await self.memory.ensure_persona(user_id)
                 persona, persona_version = record.text, record.version
 
-        tools = list(BUILTIN_TOOLS) + client_tool_specs(client_tools) if cfg.use_tools else []
-        if not cfg.use_memory:
+        tools = list(BUILTIN_TOOLS) + client_tool_specs(client_tools) if switches.tools else []
+        if not switches.memory:
             tools = [t for t in tools if t.name not in {"search_memory", "get_profile"}]
         plan = AgentPlan(
             user_id=user_id,
@@ -301,10 +270,10 @@ class PersonaAgent:
             messages=[],
             tools=tools,
             max_steps=cfg.max_steps if tools else 0,
-            tools_in_template=cfg.tools_in_template,
+            tools_in_template=self.tools_in_template,
             exclude_ids=list(exclude_ids),
         )
-        if cfg.tools_in_template:  # the template renders tool calls and results itself
+        if self.tools_in_template:  # the template renders tool calls and results itself
             conversation = [dict(m) for m in messages]
             trailing = bool(messages) and messages[-1].get("role") == "tool"
         else:
@@ -320,8 +289,8 @@ class PersonaAgent:
         request_text = last_user_text(messages)
         # The priming search is an action too: without the action module the agent answers unaided.
         if (
-            cfg.use_tools
-            and cfg.use_memory
+            switches.tools
+            and switches.memory
             and cfg.auto_memory_search
             and request_text.strip()
             and not trailing
@@ -329,7 +298,7 @@ class PersonaAgent:
             hits = await self._priming_search(plan, request_text[:200])
             if hits:
                 conversation = _with_history(conversation, hits)
-        system = self._system_prompt(persona, tools, cfg)
+        system = self._system_prompt(persona, tools, self.tools_in_template)
         plan.messages = ([{"role": "system", "content": system}] if system else []) + conversation
         return plan
 
@@ -339,14 +308,14 @@ class PersonaAgent:
             plan.user_id, "search_memory", {"query": query}, plan.exclude_ids
         )
         step.auto = True
-        step.result = _clip(full, self.config.trace_result_chars)
+        step.result = _clip(full, self.settings.trace_result_chars)
         plan.steps.append(step)
         return hits
 
     @staticmethod
-    def _system_prompt(persona: str | None, tools: Sequence[ToolSpec], cfg: AgentConfig) -> str | None:
+    def _system_prompt(persona: str | None, tools: Sequence[ToolSpec], tools_in_template: bool) -> str | None:
         """Persona first; for templates without tool support, the Hermes tool block after it."""
-        if cfg.tools_in_template or not tools:
+        if tools_in_template or not tools:
             return persona
         block = TOOLS_PROMPTED.render(tools="\n".join(json.dumps(t.openai()) for t in tools))
         return f"{persona}\n\n{block}" if persona else block
@@ -368,7 +337,7 @@ class PersonaAgent:
                 # A forced round writes only the call: a budget meant for an answer must not cut it off.
                 for field in ("max_tokens", "max_completion_tokens"):
                     if isinstance(body.get(field), int):
-                        body[field] = max(body[field], self.config.forced_call_min_tokens)
+                        body[field] = max(body[field], self.settings.forced_call_min_tokens)
         return body
 
     async def generate(self, plan: AgentPlan, request: dict[str, Any]) -> AsyncIterator[dict[str, Any] | str]:
@@ -543,7 +512,7 @@ class PersonaAgent:
 
     async def _run_step(self, plan: AgentPlan, name: str, arguments: dict[str, Any]) -> str:
         """Run a built-in tool; record it in the trace (clipped); return its result for the prompt."""
-        cfg = self.config
+        cfg = self.settings
         step, full, _ = await self._run_builtin(plan.user_id, name, arguments, plan.exclude_ids)
         step.result = _clip(full, cfg.trace_result_chars)
         plan.steps.append(step)
@@ -553,7 +522,7 @@ class PersonaAgent:
         self, user_id: str, name: str, arguments: dict[str, Any], exclude_ids: Sequence[int]
     ) -> tuple[ToolStep, str, list[MemoryHit]]:
         """Run a built-in tool: its trace step, its full result text, and the memories it found (if any)."""
-        cfg = self.config
+        cfg = self.settings
         step = ToolStep(name=name, arguments=arguments)
         full = ""
         hits: list[MemoryHit] = []

@@ -24,6 +24,7 @@ from alignment.scoring import metric_kind, task_score
 from memory.records import Interaction
 from personaagent.llm import LLM, TokenUsage
 from personaagent.quoting import quote_data
+from personaagent.settings import AlignmentSettings
 
 FEEDBACK_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -39,17 +40,6 @@ JUDGE_SCHEMA: dict[str, Any] = {
     "properties": {"score": {"type": "integer", "minimum": 0, "maximum": 10}},
     "required": ["score"],
 }
-
-
-class AlignmentConfig(BaseModel):
-    n: int = Field(3, ge=1, le=20, description="latest interactions with ground truth")
-    iterations: int = Field(1, ge=1, le=5)
-    gate: bool = True
-    answer_max_tokens: int = Field(64, ge=1)
-    update_max_tokens: int = Field(400, ge=32)
-    persona_max_words: int = Field(250, ge=20)
-    max_persona_chars: int = Field(6000, ge=200)
-    priority: int = Field(10, description="vLLM priority of alignment calls (chat uses 0; lower runs first)")
 
 
 class AlignmentOutcome(BaseModel):
@@ -92,7 +82,7 @@ async def simulate(
     user_id: str,
     persona: str,
     items: Sequence[Interaction],
-    cfg: AlignmentConfig,
+    cfg: AlignmentSettings,
     meter: TokenMeter,
 ) -> list[str]:
     """The agent's answers to the batch under `persona`, each item left out of its own retrieval."""
@@ -112,7 +102,7 @@ async def simulate(
 
 
 async def score(
-    meter: TokenMeter, kind: str, items: Sequence[Interaction], answers: Sequence[str], cfg: AlignmentConfig
+    meter: TokenMeter, kind: str, items: Sequence[Interaction], answers: Sequence[str], cfg: AlignmentSettings
 ) -> float:
     truths = [i.output or "" for i in items]
     if kind != "judge":
@@ -140,7 +130,7 @@ async def score(
 
 
 async def feedback_for(
-    meter: TokenMeter, persona: str, item: Interaction, answer: str, cfg: AlignmentConfig
+    meter: TokenMeter, persona: str, item: Interaction, answer: str, cfg: AlignmentSettings
 ) -> dict[str, Any]:
     prompt = ALIGN_FEEDBACK.render(
         persona=quote_data(persona[:3000], "persona"),
@@ -175,7 +165,7 @@ async def align_user(
     user_id: str,
     persona: str,
     base_version: int,
-    cfg: AlignmentConfig,
+    cfg: AlignmentSettings,
 ) -> AlignmentOutcome:
     """One alignment of one user. Pure computation: returns the outcome, stores nothing."""
     started = time.monotonic()
@@ -207,7 +197,7 @@ async def align_user(
         text = await meter.chat(
             [{"role": "user", "content": prompt}], max_tokens=cfg.update_max_tokens, priority=cfg.priority
         )
-        candidate = bound_persona(text, cfg.max_persona_chars)
+        candidate = bound_persona(text, agent.settings.max_persona_chars)
         if len(candidate.split()) >= 5:  # an empty or degenerate rewrite is not a persona
             current = candidate
         answers = (

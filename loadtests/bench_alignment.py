@@ -31,8 +31,8 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from agent.core import AgentConfig, PersonaAgent
-from alignment.loop import AlignmentConfig, align_user
+from agent.core import PersonaAgent
+from alignment.loop import align_user
 from loadtests.servers import start_our_stack
 from memory.records import DocumentHit, Interaction, MemoryHit, PersonaVersion
 from personaagent.llm import LLM
@@ -137,12 +137,8 @@ async def run_sequential(
         runner = HttpRunner(client)
         # Over the public API the server replaces any salt with the key's own: a throwaway secret will do.
         salts = CacheSalts(secrets.token_hex(16))
-        agent = PersonaAgent(
-            LLM(runner, model), memory, salts, AgentConfig(max_steps=settings.agent.max_steps)
-        )
-        cfg = AlignmentConfig(
-            n=settings.alignment.n, iterations=settings.alignment.iterations, gate=settings.alignment.gate
-        )
+        agent = PersonaAgent(LLM(runner, model), memory, salts, settings.agent)
+        cfg = settings.alignment
         task = progress.add_task("sequential: aligning", total=len(users))
         outcomes = []
         started = time.perf_counter()

@@ -178,6 +178,13 @@ class AgentSettings(BaseModel):
         description="token budget of a generation whose tool_choice forces a call (the call is "
         "all it writes), when the request's max_tokens is smaller",
     )
+    observation_chars: int = Field(1200, ge=100, description="per tool result, in the prompt")
+    trace_result_chars: int = Field(200, ge=20, description="per tool result, in the response trace")
+    auto_memory_search: bool = Field(
+        True,
+        description="retrieve the user's memories for the request before generating (no LLM call): even a "
+        "small model then answers with the user's own history in view; the model may still search itself",
+    )
     max_persona_chars: int = Field(6000, ge=200)
     max_documents_per_load: int = Field(10_000, ge=1)
     write_back: bool = True
@@ -215,6 +222,7 @@ class AlignmentSettings(BaseModel):
         0.5, gt=0, le=1, description="share of an engine replica's max_num_seqs alignment may hold when idle"
     )
     answer_max_tokens: int = Field(64, ge=1)
+    update_max_tokens: int = Field(400, ge=32, description="budget of the persona rewrite")
     persona_max_words: int = Field(250, ge=20)
     allow_fault_injection: bool = Field(False, description="tests only: POST /align?inject_failure_after=N")
     job_timeout_s: float = Field(

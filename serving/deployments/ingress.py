@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import FastAPI
 from ray import serve
 
-from agent.core import AgentConfig, PersonaAgent
+from agent.core import PersonaAgent
 from personaagent.llm import LLM
 from personaagent.salts import cache_salts
 from personaagent.settings import Settings
@@ -30,8 +30,13 @@ class IngressDeployment:
         settings = self._settings
         llm = LLM(self._backend, settings.engine.served_model_name)
         salts = cache_salts(settings)
-        config = AgentConfig.from_settings(settings.agent, settings.engine.tools_in_template)
-        agent = PersonaAgent(llm, HandleAgentMemory(self._memory), salts, config)
+        agent = PersonaAgent(
+            llm,
+            HandleAgentMemory(self._memory),
+            salts,
+            settings.agent,
+            tools_in_template=settings.engine.tools_in_template,
+        )
         personalized = PersonalizedChat(
             agent, self._backend, self._memory, settings.agent.write_back, settings.agent.trace_final_prompt
         )

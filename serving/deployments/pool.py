@@ -12,8 +12,8 @@ from typing import Any
 
 import ray
 
-from agent.core import AgentConfig, PersonaAgent
-from alignment.loop import AlignmentConfig, AlignmentOutcome, align_user
+from agent.core import PersonaAgent
+from alignment.loop import AlignmentOutcome, align_user
 from personaagent.llm import LLM
 from personaagent.salts import cache_salts
 from personaagent.settings import Settings
@@ -46,13 +46,14 @@ class AlignmentWorker:
         self.runner = CappedRunner(EngineHandleBackend(engine_handle), settings.alignment.max_inflight_calls)
         llm = LLM(self.runner, settings.engine.served_model_name)
         self.memory = HandleAgentMemory(memory_handle)
-        config = AgentConfig.from_settings(settings.agent, settings.engine.tools_in_template)
-        self.agent = PersonaAgent(llm, self.memory, cache_salts(settings), config)
-        a = settings.alignment
-        self.cfg = AlignmentConfig(
-            n=a.n, iterations=a.iterations, gate=a.gate, answer_max_tokens=a.answer_max_tokens,
-            persona_max_words=a.persona_max_words, max_persona_chars=settings.agent.max_persona_chars, priority=a.priority,
-        )  # fmt: skip
+        self.agent = PersonaAgent(
+            llm,
+            self.memory,
+            cache_salts(settings),
+            settings.agent,
+            tools_in_template=settings.engine.tools_in_template,
+        )
+        self.cfg = settings.alignment
 
     async def align(
         self, user_id: str, persona: str, base_version: int, fail_after_calls: int | None = None

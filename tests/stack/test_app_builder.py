@@ -51,3 +51,14 @@ def test_serve_config_import_path_builds_the_application(
         assert data_actor_options(settings, 0.5)["resources"] == {resource: 0.01}
     else:
         assert resource is None and "resources" not in data_actor_options(settings, 0.5)
+
+
+def test_request_router_classes_import_and_are_ray_routers() -> None:
+    """Offline, but it imports Ray: it lives with the stack tests."""
+    from ray._common.utils import import_attr
+    from ray.serve.request_router import RequestRouter
+
+    from personaagent.settings import REQUEST_ROUTER_CLASSES
+
+    for path in REQUEST_ROUTER_CLASSES.values():
+        assert issubclass(import_attr(path), RequestRouter), path

@@ -10,10 +10,11 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-from agent.core import AgentConfig, PersonaAgent, normalize_conversation
+from agent.core import PersonaAgent, normalize_conversation
 from memory.records import DocumentHit, Interaction, MemoryHit, PersonaVersion, utcnow
 from personaagent.llm import LLM
 from personaagent.salts import CacheSalts
+from personaagent.settings import AgentSettings
 
 SALTS = CacheSalts("unit-test-secret-0123456789")
 WEATHER = [
@@ -114,9 +115,14 @@ class MemoryStub:
         raise RuntimeError("document index offline")
 
 
-def _agent(replies: list[Any], **cfg: Any) -> tuple[PersonaAgent, ScriptedEngine, MemoryStub]:
+def _agent(
+    replies: list[Any], tools_in_template: bool = False, **cfg: Any
+) -> tuple[PersonaAgent, ScriptedEngine, MemoryStub]:
     engine, memory = ScriptedEngine(replies), MemoryStub()
-    return PersonaAgent(LLM(engine, "m"), memory, SALTS, AgentConfig(**cfg)), engine, memory
+    agent = PersonaAgent(
+        LLM(engine, "m"), memory, SALTS, AgentSettings(**cfg), tools_in_template=tools_in_template
+    )
+    return agent, engine, memory
 
 
 async def _respond(agent: PersonaAgent, plan: Any, stream: bool) -> tuple[str, list[dict[str, Any]]]:

@@ -59,13 +59,3 @@ def test_cpu_engine_args_enable_prefix_caching_and_priority(monkeypatch: pytest.
     assert args.enable_prefix_caching is True
     assert args.scheduling_policy == "priority"
     assert args.served_model_name == [settings.engine.served_model_name]
-
-
-def test_request_router_classes_import_and_are_ray_routers() -> None:
-    from ray._common.utils import import_attr
-    from ray.serve.request_router import RequestRouter
-
-    from personaagent.settings import REQUEST_ROUTER_CLASSES
-
-    for path in REQUEST_ROUTER_CLASSES.values():
-        assert issubclass(import_attr(path), RequestRouter), path
