@@ -1,4 +1,5 @@
-"""Pydantic models for stored records and the user data API."""
+"""Pydantic models of what memory stores and returns (records, hits, an export); the HTTP API's own
+request and response models live with their routes in `serving/`."""
 
 from __future__ import annotations
 
@@ -89,18 +90,6 @@ class UserRecord(BaseModel):
     created_at: datetime
     interactions_since_profile: int = 0
     ground_truth_since_alignment: int = 0
-
-
-class ImportResult(BaseModel):
-    user_id: str
-    ids: list[int]
-
-
-class SearchResult(BaseModel):
-    user_id: str
-    query: str
-    k: int
-    hits: list[MemoryHit]
 
 
 class UserExport(BaseModel):

@@ -1,7 +1,7 @@
 """Alignment API: ground-truth feedback, forced alignment, job state, persona similarity."""
 
 # No `from __future__ import annotations`: FastAPI resolves the annotations of the closures below.
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -10,6 +10,7 @@ from alignment.jobs import AlignmentJob
 from personaagent.settings import Settings
 from serving.auth import require_admin, require_user
 from serving.errors import APIError
+from serving.ports import AlignmentPort, MemoryPort
 from serving.scheduling import enqueue_if_due
 from serving.user_routes import UserIdPath
 
@@ -38,18 +39,16 @@ class SimilarityMatrix(BaseModel):
     matrix: list[list[float]] = Field(description="Jaccard similarity of current personas as word sets")
 
 
-def build_alignment_router(memory: Any, alignment: Any, settings: Settings) -> APIRouter:
+def build_alignment_router(memory: MemoryPort, alignment: AlignmentPort, settings: Settings) -> APIRouter:
     router = APIRouter(tags=["alignment"])
 
     @router.post(
         "/v1/users/{user_id}/feedback", response_model=FeedbackResult, summary="Attach the right answer"
     )
     async def feedback(user_id: UserIdPath, body: FeedbackRequest) -> FeedbackResult:
-        if not await memory.user_exists.remote(user_id):
+        if not await memory.user_exists(user_id):
             raise APIError(404, f"user '{user_id}' not found", param="user_id")
-        item = await memory.attach_feedback.remote(
-            user_id, body.expected_output, body.completion_id, body.input
-        )
+        item = await memory.attach_feedback(user_id, body.expected_output, body.completion_id, body.input)
         if item is None:
             key = "completion_id" if body.completion_id is not None else "input"
             raise APIError(404, f"no interaction of user '{user_id}' matches that {key}", param=key)
@@ -63,15 +62,15 @@ def build_alignment_router(memory: Any, alignment: Any, settings: Settings) -> A
     ) -> AlignmentJob:
         if inject_failure_after is not None and not settings.alignment.allow_fault_injection:
             raise APIError(400, "fault injection is disabled", param="inject_failure_after")
-        if not await memory.user_exists.remote(user_id):
+        if not await memory.user_exists(user_id):
             raise APIError(404, f"user '{user_id}' not found", param="user_id")
-        return await alignment.enqueue.remote(user_id, "forced", inject_failure_after)
+        return await alignment.enqueue(user_id, "forced", inject_failure_after)
 
     @router.get(
         "/v1/alignment/jobs/{job_id}", response_model=AlignmentJob, summary="Alignment job state and result"
     )
     async def get_job(job_id: Annotated[str, Path(max_length=64)], request: Request) -> AlignmentJob:
-        job = await alignment.get_job.remote(job_id)
+        job = await alignment.get_job(job_id)
         if job is None:
             raise APIError(404, f"alignment job '{job_id}' not found", param="job_id")
         require_user(request, job.user_id)
@@ -82,7 +81,7 @@ def build_alignment_router(memory: Any, alignment: Any, settings: Settings) -> A
     )
     async def similarity(request: Request) -> SimilarityMatrix:
         require_admin(request)
-        users, matrix = await memory.persona_similarity.remote()
+        users, matrix = await memory.persona_similarity()
         return SimilarityMatrix(users=users, matrix=matrix)
 
     return router

@@ -25,6 +25,7 @@ from serving.errors import (
     install_error_handlers,
 )
 from serving.personalized_chat import PersonalizedChat
+from serving.ports import AlignmentPort, MemoryPort
 from serving.relay import relay_chat
 from serving.user_routes import build_user_router
 
@@ -70,9 +71,9 @@ def build_http_app(
     backend: ChatBackend,
     settings: Settings,
     salts: CacheSalts,
-    memory: Any | None = None,
+    memory: MemoryPort | None = None,
     personalized: PersonalizedChat | None = None,
-    alignment: Any | None = None,
+    alignment: AlignmentPort | None = None,
 ) -> FastAPI:
     def scope_user_routes(request: Request) -> None:
         """Routes under /v1/users/{user_id}: a user-scoped key reaches only its own user."""
@@ -123,7 +124,7 @@ def build_http_app(
     )
     async def prometheus_metrics() -> Response:
         engine_text = await backend.metrics_text()
-        alignment_text = await alignment.metrics_text.remote() if alignment is not None else ""
+        alignment_text = await alignment.metrics_text() if alignment is not None else ""
         return Response(metrics.text() + alignment_text + engine_text, media_type="text/plain; version=0.0.4")
 
     @app.get("/v1/models", summary="List served models")
@@ -197,6 +198,6 @@ def build_http_app(
         @app.post("/v1/documents/reload", summary="Reload the operator document collection from the database")
         async def reload_documents(request: Request) -> JSONResponse:
             require_admin(request)
-            return JSONResponse({"chunks": await memory.reload_documents.remote()})
+            return JSONResponse({"chunks": await memory.reload_documents()})
 
     return app

@@ -10,6 +10,7 @@ from pydantic import ValidationError
 from agent.core import AgentOptions, AgentPlan, PersonaAgent, last_user_text
 from memory.records import USER_ID_RE, InteractionIn
 from serving.errors import APIError
+from serving.ports import MemoryPort, TokenCounter
 from serving.relay import relay_chat
 
 
@@ -33,15 +34,15 @@ class PersonalizedChat:
     def __init__(
         self,
         agent: PersonaAgent,
-        engine: Any,
-        memory_handle: Any,
+        engine: TokenCounter,
+        memory: MemoryPort,
         write_back: bool,
         trace_final_prompt: bool = False,
     ) -> None:
         self.agent = agent
         self.trace_final_prompt = trace_final_prompt
-        self.engine = engine  # EngineHandleBackend: chat() and count_chat_tokens()
-        self.memory = memory_handle
+        self.engine = engine
+        self.memory = memory
         self.write_back = write_back
         self._persona_tokens: dict[tuple[str, int | None], int] = {}
 
@@ -70,7 +71,7 @@ class PersonalizedChat:
                 "persona_version": plan.persona_version,
             },
         )
-        await self.memory.record_chat.remote(user_id, item)
+        await self.memory.record_chat(user_id, item)
 
     async def handle(self, body: dict[str, Any]) -> Response:
         """One personalized chat: the agent prepares the prompt (no LLM), then one generation answers."""

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from alignment.jobs import AlignmentJob
+from serving.ports import AlignmentPort, MemoryPort
 
 
-async def enqueue_if_due(memory: Any, alignment: Any, user_id: str, reason: str) -> AlignmentJob | None:
+async def enqueue_if_due(
+    memory: MemoryPort, alignment: AlignmentPort, user_id: str, reason: str
+) -> AlignmentJob | None:
     """The one rule: a user who became due (K new ground truths since the last alignment) is queued."""
-    if await memory.take_alignment_due.remote(user_id):
-        return await alignment.enqueue.remote(user_id, reason)
+    if await memory.take_alignment_due(user_id):
+        return await alignment.enqueue(user_id, reason)
     return None

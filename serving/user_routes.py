@@ -2,7 +2,7 @@
 
 # No `from __future__ import annotations`: FastAPI must resolve the closures in Query()/Path() here.
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Path, Query
 from pydantic import BaseModel, ConfigDict, Field
@@ -10,15 +10,15 @@ from pydantic import BaseModel, ConfigDict, Field
 from memory.records import (
     USER_ID_PATTERN,
     ImportRefused,
-    ImportResult,
     InteractionIn,
+    MemoryHit,
     PersonaVersion,
     Profile,
-    SearchResult,
     UserExport,
 )
 from personaagent.settings import Settings
 from serving.errors import APIError
+from serving.ports import AlignmentPort, MemoryPort
 from serving.scheduling import enqueue_if_due
 
 UserIdPath = Annotated[
@@ -38,6 +38,18 @@ class RollbackRequest(BaseModel):
     version: int = Field(ge=1)
 
 
+class ImportResult(BaseModel):
+    user_id: str
+    ids: list[int]
+
+
+class SearchResult(BaseModel):
+    user_id: str
+    query: str
+    k: int
+    hits: list[MemoryHit]
+
+
 class DeleteResult(BaseModel):
     user_id: str
     deleted: bool
@@ -47,8 +59,9 @@ def _not_found(user_id: str) -> APIError:
     return APIError(404, f"user '{user_id}' not found", param="user_id")
 
 
-def build_user_router(memory: Any, settings: Settings, alignment: Any | None = None) -> APIRouter:
-    """`memory` is a Ray Serve handle to `MemoryDeployment` (or anything with the same `.remote` API)."""
+def build_user_router(
+    memory: MemoryPort, settings: Settings, alignment: AlignmentPort | None = None
+) -> APIRouter:
     router = APIRouter(prefix="/v1/users", tags=["users"])
     limits = settings.memory
 
@@ -74,7 +87,7 @@ def build_user_router(memory: Any, settings: Settings, alignment: Any | None = N
                 raise APIError(
                     400, f"item {n}: longer than {limits.max_input_chars} characters", param=f"{n}.input"
                 )
-        ids = await memory.import_interactions.remote(user_id, items, "import")
+        ids = await memory.import_interactions(user_id, items, "import")
         if isinstance(ids, ImportRefused):
             raise APIError(413, ids.message, param="body")
         if (
@@ -94,14 +107,14 @@ def build_user_router(memory: Any, settings: Settings, alignment: Any | None = N
     ) -> SearchResult:
         if not query.strip():
             raise APIError(400, "query must not be blank", param="query")
-        hits = await memory.search.remote(user_id, query, k)
+        hits = await memory.search(user_id, query, k)
         if hits is None:
             raise _not_found(user_id)
         return SearchResult(user_id=user_id, query=query, k=k, hits=hits)
 
     @router.get("/{user_id}/profile", response_model=Profile, summary="Latest semantic profile")
     async def get_profile(user_id: UserIdPath) -> Profile:
-        exists, profile = await memory.get_profile.remote(user_id)
+        exists, profile = await memory.get_profile(user_id)
         if not exists:
             raise _not_found(user_id)
         if profile is None:
@@ -110,24 +123,24 @@ def build_user_router(memory: Any, settings: Settings, alignment: Any | None = N
 
     @router.post("/{user_id}/profile/refresh", response_model=Profile, summary="Rewrite the profile now")
     async def refresh_profile(user_id: UserIdPath) -> Profile:
-        profile = await memory.refresh_profile.remote(user_id)
+        profile = await memory.refresh_profile(user_id)
         if profile is None:
             raise _not_found(user_id)
         return profile
 
     @router.get("/{user_id}/export", response_model=UserExport, summary="Everything stored about the user")
     async def export_user(user_id: UserIdPath) -> UserExport:
-        data = await memory.export.remote(user_id)
+        data = await memory.export(user_id)
         if data is None:
             raise _not_found(user_id)
         return data
 
     @router.delete("/{user_id}", response_model=DeleteResult, summary="Erase the user everywhere")
     async def delete_user(user_id: UserIdPath) -> DeleteResult:
-        if not await memory.delete_user.remote(user_id):
+        if not await memory.delete_user(user_id):
             raise _not_found(user_id)
         if alignment is not None:
-            await alignment.forget_user.remote(user_id)
+            await alignment.forget_user(user_id)
         return DeleteResult(user_id=user_id, deleted=True)
 
     # -- persona ---------------------------------------------------------------------------------
@@ -135,7 +148,7 @@ def build_user_router(memory: Any, settings: Settings, alignment: Any | None = N
     @router.get("/{user_id}/persona", response_model=PersonaVersion, summary="Current persona")
     async def get_persona(user_id: UserIdPath) -> PersonaVersion:
         # A read never writes: a persona is created by the first personalized chat or by POST below.
-        history = await memory.persona_history.remote(user_id)
+        history = await memory.persona_history(user_id)
         if history is None:
             raise _not_found(user_id)
         if not history:
@@ -153,15 +166,15 @@ def build_user_router(memory: Any, settings: Settings, alignment: Any | None = N
         summary="Create the initial persona now (from the profile), or return the current one",
     )
     async def create_persona(user_id: UserIdPath) -> PersonaVersion:
-        if not await memory.user_exists.remote(user_id):
+        if not await memory.user_exists(user_id):
             raise _not_found(user_id)
-        return await memory.ensure_persona.remote(user_id)
+        return await memory.ensure_persona(user_id)
 
     @router.put("/{user_id}/persona", response_model=PersonaVersion, summary="Edit the persona (new version)")
     async def put_persona(user_id: UserIdPath, edit: PersonaEdit) -> PersonaVersion:
         if len(edit.text) > settings.agent.max_persona_chars:
             raise APIError(400, f"text: at most {settings.agent.max_persona_chars} characters", param="text")
-        version = await memory.set_persona.remote(
+        version = await memory.set_persona(
             user_id, edit.text, "manual", {"note": edit.note} if edit.note else {}
         )
         if version is None:
@@ -172,7 +185,7 @@ def build_user_router(memory: Any, settings: Settings, alignment: Any | None = N
         "/{user_id}/persona/history", response_model=list[PersonaVersion], summary="Every persona version"
     )
     async def persona_history(user_id: UserIdPath) -> list[PersonaVersion]:
-        history = await memory.persona_history.remote(user_id)
+        history = await memory.persona_history(user_id)
         if history is None:
             raise _not_found(user_id)
         return history
@@ -181,9 +194,9 @@ def build_user_router(memory: Any, settings: Settings, alignment: Any | None = N
         "/{user_id}/persona/rollback", response_model=PersonaVersion, summary="Roll back to a version"
     )
     async def rollback_persona(user_id: UserIdPath, target: RollbackRequest) -> PersonaVersion:
-        if await memory.persona_history.remote(user_id) is None:
+        if await memory.persona_history(user_id) is None:
             raise _not_found(user_id)
-        version = await memory.rollback_persona.remote(user_id, target.version)
+        version = await memory.rollback_persona(user_id, target.version)
         if version is None:
             raise APIError(404, f"user '{user_id}' has no persona version {target.version}", param="version")
         return version

@@ -12,30 +12,9 @@ from ray import serve
 from alignment.jobs import AlignmentJob, JobStore
 from alignment.loop import AlignmentOutcome
 from alignment.scheduler import AlignmentScheduler
-from memory.records import PersonaVersion
 from personaagent.settings import Settings
+from serving.deployments.handles import MemoryHandle
 from serving.deployments.pool import AlignmentWorker
-
-
-class HandleSchedulerMemory:
-    """`SchedulerMemory` over a handle to `MemoryDeployment`."""
-
-    def __init__(self, memory_handle: Any) -> None:
-        self._memory = memory_handle
-
-    async def user_exists(self, user_id: str) -> bool:
-        return await self._memory.user_exists.remote(user_id)
-
-    async def current_persona(self, user_id: str) -> PersonaVersion | None:
-        return await self._memory.current_persona.remote(user_id)
-
-    async def ensure_persona(self, user_id: str) -> PersonaVersion:
-        return await self._memory.ensure_persona.remote(user_id)
-
-    async def set_persona_if_current(
-        self, user_id: str, text: str, base_version: int, details: dict[str, Any]
-    ) -> PersonaVersion | None:
-        return await self._memory.set_persona_if_current.remote(user_id, text, base_version, details)
 
 
 @serve.deployment(name="alignment")
@@ -46,7 +25,7 @@ class AlignmentDeployment:
         ]
         self.scheduler = AlignmentScheduler(
             JobStore(Path(settings.data_dir) / "alignment_jobs.db"),
-            HandleSchedulerMemory(memory),
+            MemoryHandle(memory),
             self._align_on_worker,
             len(self._workers),
             settings.alignment,

@@ -11,8 +11,7 @@ from agent.core import PersonaAgent
 from personaagent.llm import LLM
 from personaagent.salts import cache_salts
 from personaagent.settings import Settings
-from serving.agent_backend import HandleAgentMemory
-from serving.backend import EngineHandleBackend
+from serving.deployments.handles import AlignmentHandle, EngineHandle, MemoryHandle
 from serving.http_app import build_http_app
 from serving.personalized_chat import PersonalizedChat
 
@@ -21,9 +20,9 @@ from serving.personalized_chat import PersonalizedChat
 @serve.ingress()
 class IngressDeployment:
     def __init__(self, engine: Any, memory: Any, alignment: Any, settings: Settings) -> None:
-        self._backend = EngineHandleBackend(engine)
-        self._memory = memory
-        self._alignment = alignment
+        self._backend = EngineHandle(engine)
+        self._memory = MemoryHandle(memory) if memory is not None else None
+        self._alignment = AlignmentHandle(alignment) if alignment is not None else None
         self._settings = settings
 
     def __serve_build_asgi_app__(self) -> FastAPI:
@@ -32,7 +31,7 @@ class IngressDeployment:
         salts = cache_salts(settings)
         agent = PersonaAgent(
             llm,
-            HandleAgentMemory(self._memory),
+            self._memory,
             salts,
             settings.agent,
             tools_in_template=settings.engine.tools_in_template,

@@ -31,7 +31,7 @@ from memory.service import MemoryService, embedding_text
 from personaagent.llm import LLM
 from personaagent.salts import cache_salts
 from personaagent.settings import Settings
-from serving.backend import EngineHandleBackend
+from serving.deployments.handles import EngineHandle
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ logger = logging.getLogger(__name__)
 class MemoryDeployment:
     def __init__(self, engine: Any, settings: Settings) -> None:
         mem = settings.memory
-        llm = LLM(EngineHandleBackend(engine), settings.engine.served_model_name)
+        llm = LLM(EngineHandle(engine), settings.engine.served_model_name)
         writer = ProfileWriter(
             llm,
             cache_salts(settings).user,
@@ -117,7 +117,7 @@ class MemoryDeployment:
     async def delete_user(self, user_id: str) -> bool:
         return self.service.delete_user(user_id)
 
-    # -- personas, documents, write-back (used by the agent through `serving.agent_backend`) --------
+    # -- personas, documents, write-back (used by the agent through `serving.deployments.handles`) --------
 
     async def ensure_persona(self, user_id: str) -> PersonaVersion:
         return await self.service.ensure_persona(user_id)

@@ -17,14 +17,13 @@ from alignment.loop import AlignmentOutcome, align_user
 from personaagent.llm import LLM
 from personaagent.salts import cache_salts
 from personaagent.settings import Settings
-from serving.agent_backend import HandleAgentMemory
-from serving.backend import EngineHandleBackend
+from serving.deployments.handles import EngineHandle, MemoryHandle
 
 
 class CappedRunner:
     """Bounds concurrent engine calls; optionally fails after N calls (fault-injection tests)."""
 
-    def __init__(self, inner: EngineHandleBackend, cap: int) -> None:
+    def __init__(self, inner: EngineHandle, cap: int) -> None:
         self._inner = inner
         self._sem = asyncio.Semaphore(cap)
         self.fail_after: dict[str, int] = {}  # user cache_salt -> calls left before an injected failure
@@ -43,9 +42,9 @@ class CappedRunner:
 @ray.remote(num_cpus=0)
 class AlignmentWorker:
     def __init__(self, engine_handle: Any, memory_handle: Any, settings: Settings) -> None:
-        self.runner = CappedRunner(EngineHandleBackend(engine_handle), settings.alignment.max_inflight_calls)
+        self.runner = CappedRunner(EngineHandle(engine_handle), settings.alignment.max_inflight_calls)
         llm = LLM(self.runner, settings.engine.served_model_name)
-        self.memory = HandleAgentMemory(memory_handle)
+        self.memory = MemoryHandle(memory_handle)
         self.agent = PersonaAgent(
             llm,
             self.memory,

@@ -69,18 +69,17 @@ class _FakeAgent:
 
 
 class _Recorded:
-    """A memory handle whose `record_chat.remote` notes what was written, and when."""
+    """A memory port whose `record_chat` notes what was written, and when."""
 
     def __init__(self, log: list[str]) -> None:
         self.log = log
-        self.record_chat = self
 
-    async def remote(self, user_id: str, item: Any) -> None:
+    async def record_chat(self, user_id: str, item: Any) -> None:
         self.log.append(f"write {user_id} {item.metadata['answer']}")
 
 
 def _chat(output: list[Any], log: list[str]) -> PersonalizedChat:
-    return PersonalizedChat(_FakeAgent(output), engine=None, memory_handle=_Recorded(log), write_back=True)  # type: ignore[arg-type]
+    return PersonalizedChat(_FakeAgent(output), engine=None, memory=_Recorded(log), write_back=True)  # type: ignore[arg-type]
 
 
 BODY = {"user": "alice@example.com", "messages": [{"role": "user", "content": "hi"}], "stream": True}
