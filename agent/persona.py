@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from dataclasses import dataclass
 
 from agent.prompts import PERSONA_INIT
 from personaagent.quoting import quote_data
@@ -28,6 +28,15 @@ def bound_persona(text: str, max_chars: int) -> str:
     return cut[: end + 1].rstrip() if end > max_chars * 0.6 else cut.rstrip()
 
 
-def persona_factory(max_chars: int) -> Callable[[str | None], tuple[str, str]]:
-    """What the memory service calls to create a first persona: (text, prompt ref)."""
-    return lambda profile_text: (initial_persona(profile_text, max_chars), PERSONA_INIT.ref)
+@dataclass(frozen=True)
+class AgentPersonaRules:
+    """The agent's persona rules, handed to the memory service (`memory.service.PersonaRules`)."""
+
+    max_chars: int
+
+    def initial(self, profile_text: str | None) -> tuple[str, str]:
+        """A first persona from the profile: (text, prompt ref)."""
+        return initial_persona(profile_text, self.max_chars), PERSONA_INIT.ref
+
+    def bound(self, text: str) -> str:
+        return bound_persona(text, self.max_chars)

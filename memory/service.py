@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -31,9 +31,14 @@ from personaagent.settings import MemorySettings, Priority, Settings
 logger = logging.getLogger(__name__)
 
 
-# profile text (or None) -> (initial persona text, prompt ref). The agent layer owns what a persona says; memory
-# only stores it, so the serving layer hands it the agent's function (memory never imports the agent).
-PersonaFactory = Callable[[str | None], tuple[str, str]]
+# The agent layer owns what a persona says and how long it may be; memory only stores personas, so the
+# serving layer hands it the agent's rules (memory never imports the agent).
+class PersonaRules(Protocol):
+    def initial(self, profile_text: str | None) -> tuple[str, str]:
+        """A first persona from the profile text: (text, prompt ref)."""
+
+    def bound(self, text: str) -> str:
+        """Any persona text cut to the allowed length."""
 
 
 def embedding_text(item: InteractionIn | Interaction) -> str:
@@ -51,7 +56,8 @@ class MemoryService:
         profile_writer: ProfileWriter | None = None,
         documents: DocumentIndex | None = None,
         background_priority: int = Priority.BACKGROUND,
-        persona_factory: PersonaFactory | None = None,
+        persona_rules: PersonaRules | None = None,
+        alignment_due_every: int = 3,
     ) -> None:
         self.store = store
         self.embedder = embedder
@@ -60,7 +66,8 @@ class MemoryService:
         self.profile_writer = profile_writer
         self.documents = documents
         self.background_priority = background_priority
-        self.persona_factory = persona_factory
+        self.persona_rules = persona_rules
+        self.alignment_due_every = alignment_due_every
         self._profile_tasks: dict[str, asyncio.Task[Profile | None]] = {}
         self._persona_locks: dict[str, asyncio.Lock] = {}
         self.rebuild_index()
@@ -70,7 +77,7 @@ class MemoryService:
         cls,
         settings: Settings,
         profile_writer: ProfileWriter | None = None,
-        persona_factory: PersonaFactory | None = None,
+        persona_rules: PersonaRules | None = None,
     ) -> MemoryService:
         db_path = Path(settings.data_dir) / settings.memory.db_filename
         embedder = Embedder(batch_size=settings.memory.embed_batch_size)
@@ -78,7 +85,8 @@ class MemoryService:
         documents = DocumentIndex(db_path, embedder.dim)
         return cls(
             SQLiteStore(db_path), embedder, index, settings.memory, profile_writer, documents,
-            background_priority=settings.alignment.priority, persona_factory=persona_factory,
+            background_priority=settings.alignment.priority, persona_rules=persona_rules,
+            alignment_due_every=settings.alignment.due_every,
         )  # fmt: skip
 
     def rebuild_index(self) -> int:
@@ -223,8 +231,8 @@ class MemoryService:
 
     async def ensure_persona(self, user_id: str) -> PersonaVersion:
         """The user's current persona; a user seen for the first time gets one from their history."""
-        if self.persona_factory is None:
-            raise RuntimeError("no persona factory configured")
+        if self.persona_rules is None:
+            raise RuntimeError("no persona rules configured")
         async with self._persona_lock(user_id):
             current = self.current_persona(user_id)
             if current is not None:
@@ -237,7 +245,7 @@ class MemoryService:
                 and self.store.list_interactions(user_id, limit=1)
             ):
                 profile = await self.refresh_profile(user_id, background=False)
-            text, prompt_ref = self.persona_factory(profile.text if profile else None)
+            text, prompt_ref = self.persona_rules.initial(profile.text if profile else None)
             details = {"profile_version": profile.version if profile else None, "prompt": prompt_ref}
             return self.store.add_persona(user_id, text, "init", None, details, keep=self._keep_personas)
 
@@ -252,8 +260,25 @@ class MemoryService:
         current = self.current_persona(user_id)
         if current is None and not self.user_exists(user_id):
             return None
+        if self.persona_rules is not None:
+            text = self.persona_rules.bound(text)
         parent = parent if parent is not None else (current.version if current else None)
         return self.store.add_persona(user_id, text, reason, parent, details or {}, keep=self._keep_personas)
+
+    def set_persona_if_current(
+        self, user_id: str, text: str, base_version: int, details: dict[str, Any]
+    ) -> PersonaVersion | None:
+        """Store an aligned persona only if nobody changed the persona since the alignment started."""
+        current = self.current_persona(user_id)
+        if current is None or current.version != base_version:
+            return None
+        return self.set_persona(user_id, text, "alignment", details, parent=base_version)
+
+    def persona_history(self, user_id: str) -> list[PersonaVersion] | None:
+        """Every persona version, oldest first; None for an unknown user."""
+        if not self.user_exists(user_id):
+            return None
+        return self.store.list_personas(user_id)
 
     def rollback_persona(self, user_id: str, version: int) -> PersonaVersion | None:
         target = next((p for p in self.store.list_personas(user_id) if p.version == version), None)
@@ -264,6 +289,17 @@ class MemoryService:
         )
 
     # -- ground truth and analytics ----------------------------------------------------------------
+
+    def ground_truth(self, user_id: str, n: int) -> list[Interaction]:
+        return self.store.ground_truth(user_id, n)
+
+    def take_alignment_due(self, user_id: str) -> bool:
+        """True once per `alignment.due_every` new ground truths (the counter resets when taken)."""
+        return self.store.take_alignment_due(user_id, self.alignment_due_every)
+
+    def get_profile_text(self, user_id: str) -> str | None:
+        profile = self.get_profile(user_id)
+        return profile.text if profile else None
 
     def attach_feedback(
         self, user_id: str, expected_output: str, *, completion_id: str | None, input_text: str | None

@@ -13,7 +13,7 @@ from typing import Any
 
 from ray import serve
 
-from agent.persona import bound_persona, persona_factory
+from agent.persona import AgentPersonaRules
 from memory.profile import ProfileWriter
 from memory.records import (
     DocumentHit,
@@ -47,8 +47,9 @@ class MemoryDeployment:
             max_words=mem.profile_max_words,
             max_input_chars=mem.profile_max_input_chars,
         )
-        self._settings = settings
-        self.service = MemoryService.open(settings, writer, persona_factory(settings.agent.max_persona_chars))
+        self.service = MemoryService.open(
+            settings, writer, AgentPersonaRules(settings.agent.max_persona_chars)
+        )
         self._search_batch.set_max_batch_size(mem.search_batch_size)
         self._search_batch.set_batch_wait_timeout_s(mem.batch_wait_s)
         self._import_batch.set_max_batch_size(16)
@@ -123,22 +124,18 @@ class MemoryDeployment:
         return await self.service.ensure_persona(user_id)
 
     async def persona_history(self, user_id: str) -> list[PersonaVersion] | None:
-        if not self.service.user_exists(user_id):
-            return None
-        return self.service.store.list_personas(user_id)
+        return self.service.persona_history(user_id)
 
     async def set_persona(
         self, user_id: str, text: str, reason: str, details: dict[str, Any] | None = None
     ) -> PersonaVersion | None:
-        text = bound_persona(text, self._settings.agent.max_persona_chars)
         return self.service.set_persona(user_id, text, reason, details)
 
     async def rollback_persona(self, user_id: str, version: int) -> PersonaVersion | None:
         return self.service.rollback_persona(user_id, version)
 
     async def get_profile_text(self, user_id: str) -> str | None:
-        profile = self.service.get_profile(user_id)
-        return profile.text if profile else None
+        return self.service.get_profile_text(user_id)
 
     async def search_documents(self, query: str, k: int) -> list[DocumentHit]:
         return await asyncio.to_thread(self.service.search_documents, query, k)
@@ -162,7 +159,7 @@ class MemoryDeployment:
         return self.service.user_exists(user_id)
 
     async def ground_truth(self, user_id: str, n: int) -> list[Interaction]:
-        return self.service.store.ground_truth(user_id, n)
+        return self.service.ground_truth(user_id, n)
 
     async def attach_feedback(
         self, user_id: str, expected_output: str, completion_id: str | None, input_text: str | None
@@ -172,7 +169,7 @@ class MemoryDeployment:
         )
 
     async def take_alignment_due(self, user_id: str) -> bool:
-        return self.service.store.take_alignment_due(user_id, self._settings.alignment.due_every)
+        return self.service.take_alignment_due(user_id)
 
     async def current_persona(self, user_id: str) -> PersonaVersion | None:
         return self.service.current_persona(user_id)
@@ -180,12 +177,7 @@ class MemoryDeployment:
     async def set_persona_if_current(
         self, user_id: str, text: str, base_version: int, details: dict[str, Any]
     ) -> PersonaVersion | None:
-        """Store an aligned persona only if nobody changed the persona since the alignment started."""
-        current = self.service.current_persona(user_id)
-        if current is None or current.version != base_version:
-            return None
-        text = bound_persona(text, self._settings.agent.max_persona_chars)
-        return self.service.set_persona(user_id, text, "alignment", details, parent=base_version)
+        return self.service.set_persona_if_current(user_id, text, base_version, details)
 
     async def persona_similarity(self) -> tuple[list[str], list[list[float]]]:
         return self.service.persona_similarity()

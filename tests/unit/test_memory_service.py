@@ -225,3 +225,32 @@ async def test_refreshes_of_one_user_share_one_background_write(tmp_path: Path, 
         assert await svc.refresh_profile("nobody") is None
     finally:
         svc.close()
+
+
+def test_persona_rules_bound_every_write_and_alignment_writes_only_over_its_base(
+    tmp_path: Path, embedder: Embedder
+) -> None:
+    from agent.persona import AgentPersonaRules
+
+    svc = open_service(tmp_path / "p.db", embedder)
+    svc.persona_rules = AgentPersonaRules(max_chars=200)
+    first = asyncio.run(svc.ensure_persona("pat"))
+    assert first.version == 1 and len(first.text) <= 200
+    long = svc.set_persona("pat", "word " * 100, "manual")
+    assert long is not None and len(long.text) <= 200
+    assert svc.set_persona_if_current("pat", "stale base", first.version, {}) is None  # edited meanwhile
+    aligned = svc.set_persona_if_current("pat", "an aligned persona", long.version, {"job": "j"})
+    assert aligned is not None and aligned.parent == long.version and aligned.reason == "alignment"
+    assert [p.version for p in svc.persona_history("pat") or []] == [1, 2, 3]
+    assert svc.persona_history("nobody") is None
+    svc.close()
+
+
+def test_a_user_is_due_once_per_k_ground_truths(tmp_path: Path, embedder: Embedder) -> None:
+    svc = open_service(tmp_path / "d.db", embedder)
+    svc.alignment_due_every = 2
+    svc.add_interactions_sync("dee", _items(["q1"], "a"), "import")
+    assert not svc.take_alignment_due("dee")
+    svc.add_interactions_sync("dee", _items(["q2"], "a"), "import")
+    assert svc.take_alignment_due("dee") and not svc.take_alignment_due("dee")
+    svc.close()
