@@ -7,7 +7,6 @@ the ablations switched per request with `persona_agent_options`.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import random
 import re
@@ -18,6 +17,7 @@ import httpx
 from openai import AsyncOpenAI
 from pydantic import BaseModel, Field
 
+from evaluation.client import AlignmentJob, ServeAPIError, ServeClient
 from evaluation.lamp import LaMPExample, TaskSpec
 from personaagent.quoting import history_block, quote_data
 
@@ -97,44 +97,22 @@ class HTTPEvaluator:
         self.spec = spec
         self.run_id = run_id
         self.settings = settings
-        # The openai client retries 429s by itself, honoring Retry-After; `_call` does the same.
+        # The openai client retries 429s by itself, honoring Retry-After; `ServeClient` does the same.
         self.openai = AsyncOpenAI(base_url=f"{self.base_url}/v1", api_key=api_key, timeout=600, max_retries=5)
-        self.http = httpx.AsyncClient(
-            base_url=self.base_url, timeout=600, headers={"Authorization": f"Bearer {api_key}"}
-        )
+        self.api = ServeClient(self.base_url, api_key)
 
     async def close(self) -> None:
         await self.openai.close()
-        await self.http.aclose()
-
-    async def _call(self, method: str, path: str, **kwargs: Any) -> Any:
-        response = await self.http.request(method, path, **kwargs)
-        for _ in range(5):
-            if response.status_code != 429:
-                break
-            await asyncio.sleep(float(response.headers.get("retry-after", "1")))
-            response = await self.http.request(method, path, **kwargs)
-        if response.status_code >= 400:
-            raise RuntimeError(f"{method} {path}: {response.status_code} {response.text[:300]}")
-        return response.json()
+        await self.api.close()
 
     # -- memory setup ------------------------------------------------------------------------------
 
     async def _fresh_user(self, user_id: str, example: LaMPExample) -> None:
         """Delete any half-finished earlier attempt, then import the profile (never the question)."""
-        response = await self.http.delete(f"/v1/users/{user_id}")
-        if response.status_code not in (200, 404):
-            raise RuntimeError(f"DELETE user: {response.status_code} {response.text[:300]}")
-        items = [
-            self.spec.interaction(item, n).model_dump(mode="json") for n, item in enumerate(example.profile)
-        ]
-        for start in range(0, len(items), 500):
-            await self._call(
-                "POST",
-                f"/v1/users/{user_id}/interactions",
-                params={"schedule_alignment": "false"},  # the method decides whether to align
-                json=items[start : start + 500],
-            )
+        await self.api.delete_user(user_id)
+        items = [self.spec.interaction(item, n) for n, item in enumerate(example.profile)]
+        # The method decides whether to align.
+        await self.api.import_interactions(user_id, items, schedule_alignment=False)
 
     async def setup_user(self, method: Method, example: LaMPExample) -> str | None:
         """The method's user: fresh history, profile (PAG, agent) and persona (agent). None: no memory."""
@@ -143,28 +121,24 @@ class HTTPEvaluator:
         user_id = eval_user_id(self.run_id, method.name, example.id)
         await self._fresh_user(user_id, example)
         if method.context in {"pag", "agent"}:
-            await self._call("POST", f"/v1/users/{user_id}/profile/refresh")
+            await self.api.refresh_profile(user_id)
         if method.context == "agent":
-            await self._call("POST", f"/v1/users/{user_id}/persona")  # built from the profile
+            await self.api.create_persona(user_id)  # built from the profile
         return user_id
 
-    async def start_alignment(self, user_id: str) -> dict[str, Any]:
-        return await self._call("POST", f"/v1/users/{user_id}/align")
+    async def start_alignment(self, user_id: str) -> AlignmentJob:
+        return await self.api.align(user_id)
 
-    async def align(self, user_id: str, job: dict[str, Any] | None = None) -> dict[str, Any]:
+    async def align(self, user_id: str, job: AlignmentJob | None = None) -> dict[str, Any]:
         """Wait for the user's alignment job (started here unless `job` is given); its result, in short."""
-        job = job or await self.start_alignment(user_id)
-        deadline = time.monotonic() + self.settings.alignment_timeout_s
-        while job["state"] in ("queued", "running"):
-            if time.monotonic() > deadline:
-                raise TimeoutError(
-                    f"alignment job {job['id']} not done in {self.settings.alignment_timeout_s} s"
-                )
-            await asyncio.sleep(self.settings.poll_s)
-            job = await self._call("GET", f"/v1/alignment/jobs/{job['id']}")
-        if job["state"] != "done":
-            raise RuntimeError(f"alignment job {job['id']} {job['state']}: {job.get('error')}")
-        result = job.get("result") or {}
+        job = await self.api.wait_job(
+            job or await self.start_alignment(user_id),
+            self.settings.alignment_timeout_s,
+            self.settings.poll_s,
+        )
+        if job.state != "done":
+            raise RuntimeError(f"alignment job {job.id} {job.state}: {job.error}")
+        result = job.result or {}
         keep = ("accepted", "score_before", "score_after", "metric", "skipped", "llm_calls", "prompt_tokens")
         return {k: result.get(k) for k in keep}
 
@@ -192,15 +166,12 @@ class HTTPEvaluator:
             chosen = rng.sample(range(len(example.profile)), min(k, len(example.profile)))
             pairs = [self.spec.render_item(example.profile[i]) for i in sorted(chosen)]
             return history_block(pairs)
-        hits = await self._call(
-            "GET", f"/v1/users/{user_id}/memories", params={"query": example.input[:2000], "k": k}
-        )
-        context = history_block(
-            [(h["interaction"]["input"], h["interaction"]["output"]) for h in hits["hits"]]
-        )
+        hits = await self.api.search(user_id, example.input[:2000], k)
+        context = history_block([(h.interaction.input, h.interaction.output) for h in hits])
         if method.context == "pag":
-            profile = await self._call("GET", f"/v1/users/{user_id}/profile")
-            context = f"Summary of this user:\n{quote_data(profile['text'].strip(), 'profile')}\n\n{context}"
+            profile = await self.api.get_profile(user_id)
+            profile_text = profile.text.strip() if profile else ""
+            context = f"Summary of this user:\n{quote_data(profile_text, 'profile')}\n\n{context}"
         return context
 
     async def answer(
@@ -220,7 +191,7 @@ class HTTPEvaluator:
                 assert user_id is not None
                 if method.align and alignment is None:
                     alignment = await self.align(user_id)
-                persona_version = (await self._call("GET", f"/v1/users/{user_id}/persona"))["version"]
+                persona_version = (await self.api.get_persona(user_id)).version
                 extra = {"persona_agent_options": method.options} if method.options else {}
                 text = await self._complete(
                     [{"role": "user", "content": example.input}], user=user_id, **extra
@@ -232,8 +203,8 @@ class HTTPEvaluator:
                 text = await self._complete([{"role": "user", "content": f"{context}\n\n{example.input}"}])
         finally:
             if user_id is not None and not self.settings.keep_users:
-                with contextlib.suppress(httpx.HTTPError):  # never hide the answer's own error
-                    await self.http.delete(f"/v1/users/{user_id}")
+                with contextlib.suppress(httpx.HTTPError, ServeAPIError):  # never hide the answer's own error
+                    await self.api.delete_user(user_id)
         return Prediction(
             method=method.name,
             id=example.id,

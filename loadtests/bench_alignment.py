@@ -33,6 +33,7 @@ from rich.table import Table
 
 from agent.core import PersonaAgent
 from alignment.loop import align_user
+from evaluation.client import ServeClient
 from loadtests.servers import start_our_stack
 from memory.records import DocumentHit, Interaction, MemoryHit, PersonaVersion
 from personaagent.llm import LLM
@@ -58,33 +59,29 @@ class HttpRunner:
 
 
 class HttpMemory:
-    def __init__(self, client: httpx.AsyncClient) -> None:
-        self.client = client
+    """The alignment loop's memory port over the public API (`evaluation.client.ServeClient`)."""
+
+    def __init__(self, api: ServeClient) -> None:
+        self.api = api
 
     async def ensure_persona(self, user_id: str) -> PersonaVersion:
-        return PersonaVersion(**(await self.client.post(f"/v1/users/{user_id}/persona")).json())
+        return await self.api.create_persona(user_id)
 
     async def search(
         self, user_id: str, query: str, k: int, exclude_ids: tuple[int, ...] = ()
     ) -> list[MemoryHit]:
-        resp = await self.client.get(
-            f"/v1/users/{user_id}/memories", params={"query": query[:4000], "k": k + len(exclude_ids)}
-        )
-        hits = [MemoryHit(**h) for h in resp.json()["hits"]]
+        hits = await self.api.search(user_id, query[:4000], k + len(exclude_ids))
         return [h for h in hits if h.interaction.id not in exclude_ids][:k]
 
     async def get_profile_text(self, user_id: str) -> str | None:
-        resp = await self.client.get(f"/v1/users/{user_id}/profile")
-        return resp.json()["text"] if resp.status_code == 200 else None
+        profile = await self.api.get_profile(user_id)
+        return profile.text if profile else None
 
     async def search_documents(self, query: str, k: int) -> list[DocumentHit]:
         return []
 
     async def ground_truth(self, user_id: str, n: int) -> list[Interaction]:
-        items = [
-            Interaction(**i)
-            for i in (await self.client.get(f"/v1/users/{user_id}/export")).json()["interactions"]
-        ]
+        items = await self.api.interactions(user_id)
         with_truth = sorted((i for i in items if i.output), key=lambda i: (i.timestamp, i.id), reverse=True)
         return with_truth[:n]
 
@@ -113,27 +110,31 @@ async def chat_ttft(base_url: str, model: str, n: int, interval_s: float = 1.0) 
 
 
 async def run_pool(base_url: str, users: list[str], progress: Progress) -> tuple[float, list[dict[str, Any]]]:
-    async with httpx.AsyncClient(base_url=base_url, timeout=120) as client:
+    api = ServeClient(base_url, timeout_s=120)
+    try:
         started = time.perf_counter()
-        jobs = [(await client.post(f"/v1/users/{u}/align")).json()["id"] for u in users]
+        jobs = [await api.align(u) for u in users]
         task = progress.add_task("pool: aligning", total=len(jobs))
         done: dict[str, dict[str, Any]] = {}
         while len(done) < len(jobs):
             await asyncio.sleep(1)
-            for job_id in jobs:
-                if job_id not in done:
-                    job = (await client.get(f"/v1/alignment/jobs/{job_id}")).json()
-                    if job["state"] in {"done", "failed"}:
-                        done[job_id] = job
+            for job in jobs:
+                if job.id not in done:
+                    current = await api.get_job(job.id)
+                    if current.state in {"done", "failed"}:
+                        done[job.id] = current.model_dump(mode="json")
                         progress.advance(task)
         return time.perf_counter() - started, list(done.values())
+    finally:
+        await api.close()
 
 
 async def run_sequential(
     base_url: str, model: str, users: list[str], settings: Any, progress: Progress
 ) -> tuple[float, list[Any], list[dict[str, Any]]]:
+    api = ServeClient(base_url)
     async with httpx.AsyncClient(base_url=base_url, timeout=600) as client:
-        memory = HttpMemory(client)
+        memory = HttpMemory(api)
         runner = HttpRunner(client)
         # Over the public API the server replaces any salt with the key's own: a throwaway secret will do.
         salts = CacheSalts(secrets.token_hex(16))
@@ -146,6 +147,7 @@ async def run_sequential(
             persona = await memory.ensure_persona(user)
             outcomes.append(await align_user(agent, memory, user, persona.text, persona.version, cfg))
             progress.advance(task)
+        await api.close()
         return time.perf_counter() - started, outcomes, runner.recorded
 
 
