@@ -111,9 +111,18 @@ class ServerProcess:
             procs[0].send_signal(signal.SIGTERM)
         _, alive = psutil.wait_procs(procs, timeout=timeout_s)
         took = time.monotonic() - started
+        survivors = []
         for p in alive:
             with contextlib.suppress(psutil.NoSuchProcess):
+                survivors.append(f"{p.name()}[{p.pid}] {' '.join(p.cmdline())[:200]}")
                 p.kill()
+        # Said in the server's own log, where a slow stop is read.
+        with self.log_path.open("a") as log:
+            log.write(
+                f"[harness] SIGTERM: {len(procs)} process(es), {len(procs) - len(alive)} gone in {took:.1f} s\n"
+            )
+            if survivors:
+                log.write(f"[harness] alive {timeout_s:g} s after SIGTERM, killed: {'; '.join(survivors)}\n")
         if self.proc is not None:
             self.proc.wait()
         return took

@@ -108,7 +108,9 @@ class ServerSettings(BaseModel):
     ingress_replicas: int = Field(1, ge=1)
     health_timeout_s: float = Field(3.0, gt=0)
     shutdown_timeout_s: float = Field(
-        8.0, gt=0, description="on SIGTERM/SIGINT, how long Serve may drain before Ray is stopped regardless"
+        8.0,
+        gt=0,
+        description="on SIGTERM/SIGINT, how long Serve may drain before the stack is stopped regardless",
     )
     throughput_optimized: bool = Field(False, description="Ray Serve's RAY_SERVE_THROUGHPUT_OPTIMIZED mode")
 

@@ -47,10 +47,16 @@ def data_actor_options(settings: Settings, num_cpus: float) -> dict[str, Any]:
     return {"num_cpus": num_cpus} | ({"resources": {resource: 0.01}} if resource else {})
 
 
+# How often a stopping replica looks at its ongoing requests (Ray's default 2 s): Serve stops the deployments
+# one after another on shutdown, so each idle one would otherwise cost 2 s of the SIGTERM budget.
+DRAIN_OPTIONS: dict[str, Any] = {"graceful_shutdown_wait_loop_s": 0.25}
+
+
 def build_app(settings: Settings) -> Application:
     # Resolved once here: every replica (on any node) derives the same salts from the same secret.
     settings = with_salt_secret(settings)
     engine = EngineDeployment.options(
+        **DRAIN_OPTIONS,
         **engine_scaling_options(settings),
         ray_actor_options=engine_actor_options(settings),
         # vLLM batches continuously: let many requests reach it instead of queueing in Serve.
@@ -59,17 +65,20 @@ def build_app(settings: Settings) -> Application:
         health_check_timeout_s=30,
     ).bind(settings)
     memory = MemoryDeployment.options(
+        **DRAIN_OPTIONS,
         # One replica owns the SQLite file and its index; more replicas need a server database.
         num_replicas=settings.memory.num_replicas,
         ray_actor_options=data_actor_options(settings, 0.5),
         max_ongoing_requests=512,
     ).bind(engine, settings)
     alignment = AlignmentDeployment.options(
+        **DRAIN_OPTIONS,
         num_replicas=1,  # owns the queue; the work itself runs in the actor pool
         ray_actor_options=data_actor_options(settings, 0.25),
         max_ongoing_requests=512,
     ).bind(engine, memory, settings)
     return IngressDeployment.options(
+        **DRAIN_OPTIONS,
         num_replicas=settings.server.ingress_replicas,
         ray_actor_options={"num_cpus": 0.5},
         # Admission is ours (server.max_inflight_requests answers 429 at once); Ray's queue stays bounded too.
