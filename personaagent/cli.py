@@ -191,7 +191,8 @@ def _stop_processes(procs: list[psutil.Process], grace_s: float = 1.0) -> None:
     for proc in alive:
         with contextlib.suppress(psutil.NoSuchProcess):
             proc.kill()
-    psutil.wait_procs(alive, timeout=2)
+    # SIGKILL is not refused; what is left is a zombie until its (dead) parent's reaper gets to it.
+    psutil.wait_procs(alive, timeout=0.2)
     print(
         f"stopped {len(names)} leftover process(es) of the stack ({len(alive)} needed SIGKILL): {', '.join(names)}",
         flush=True,
