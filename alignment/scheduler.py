@@ -102,6 +102,7 @@ class AlignmentScheduler:
     async def run_forever(self) -> None:
         while True:
             await self._wakeup.wait()
+            await asyncio.sleep(self.settings.round_wait_s)  # let the rest of a batch arrive
             self._wakeup.clear()
             try:
                 while batch := self.jobs.queued()[: self.settings.round_size]:

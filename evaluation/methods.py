@@ -69,7 +69,12 @@ class Prediction(BaseModel):
 
 class EvalSettings(BaseModel):
     k: int = Field(3, ge=1, description="profile items in ICL / retrieved items in RAG and PAG")
-    alignment_timeout_s: float = Field(900, gt=0)
+    alignment_timeout_s: float = Field(
+        3600,
+        gt=0,
+        description="how long to wait for one user's alignment job; the batch is queued at once, so the "
+        "last jobs wait for the whole batch (on a CPU with the quality model, tens of minutes)",
+    )
     poll_s: float = Field(1.0, gt=0)
     keep_users: bool = False
 

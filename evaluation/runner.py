@@ -14,6 +14,7 @@ import httpx
 from pydantic import BaseModel, Field
 from tqdm import tqdm
 
+from evaluation.client import AlignmentJob
 from evaluation.intervals import KEY_COMPARISONS, Comparison, compare, interval, per_question, primary_metric
 from evaluation.lamp import LaMPExample, find_split, load_split, task_spec
 from evaluation.methods import METHODS, EvalSettings, HTTPEvaluator, Prediction
@@ -121,12 +122,18 @@ async def run_task(request: RunRequest, task: str, model: str) -> TaskResult:
     gate = asyncio.Semaphore(request.concurrency)
     aligned: dict[tuple[str, str], dict[str, Any]] = {}
 
-    async def setup_and_align(method: str, example: LaMPExample) -> None:
+    async def set_up(method: str, example: LaMPExample) -> tuple[str, LaMPExample, str] | None:
         try:
             async with gate:
                 user_id = await evaluator.setup_user(METHODS[method], example)
-                assert user_id is not None
-                job = await evaluator.start_alignment(user_id)
+            assert user_id is not None
+            return method, example, user_id
+        except Exception as exc:  # answered (set up and aligned again) one by one in the answering phase
+            logger.warning("%s %s %s: setup for alignment failed: %s", task, method, example.id, exc)
+            return None
+
+    async def wait_aligned(method: str, example: LaMPExample, user_id: str, job: AlignmentJob) -> None:
+        try:
             aligned[(method, example.id)] = await evaluator.align(user_id, job)
         except Exception as exc:  # answered (and aligned again) one by one in the answering phase
             logger.warning("%s %s %s: batch alignment failed: %s", task, method, example.id, exc)
@@ -146,11 +153,27 @@ async def run_task(request: RunRequest, task: str, model: str) -> TaskResult:
     alignment_wall_s = None
     try:
         if to_align:
-            # Every aligned user's job is queued before any is awaited: the alignment service gathers them
-            # into rounds of `alignment.round_size` users, one batch through the pool.
+            # Every aligned user is set up before any alignment is queued, and every job is queued before
+            # any is awaited: the alignment service takes them as one round (up to `alignment.round_size`
+            # users) through the pool. Queued while others were still being set up, the first jobs would
+            # form a round of their own and the rest would wait for it to end.
             started = time.monotonic()
+            ready = [r for r in await asyncio.gather(*(set_up(m, e) for m, e in to_align)) if r is not None]
+            jobs = await asyncio.gather(
+                *(evaluator.start_alignment(user_id) for _, _, user_id in ready), return_exceptions=True
+            )
+            for (m, e, _), job in zip(ready, jobs, strict=True):
+                if not isinstance(job, AlignmentJob):
+                    logger.warning("%s %s %s: queueing the alignment failed: %s", task, m, e.id, job)
             with tqdm(total=len(to_align), desc=f"{task} align", unit="user") as bar:
-                for future in asyncio.as_completed([setup_and_align(m, e) for m, e in to_align]):
+                bar.update(len(to_align) - len(ready))
+                waits = [
+                    wait_aligned(m, e, user_id, job)
+                    for (m, e, user_id), job in zip(ready, jobs, strict=True)
+                    if isinstance(job, AlignmentJob)
+                ]
+                bar.update(len(ready) - len(waits))
+                for future in asyncio.as_completed(waits):
                     await future
                     bar.update(1)
             alignment_wall_s = time.monotonic() - started

@@ -293,7 +293,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         limit=args.limit,
         concurrency=args.concurrency,
         api_key=args.api_key or os.environ.get("OPENAI_API_KEY", "not-needed"),
-        settings=EvalSettings(k=args.k, keep_users=args.keep_users),
+        settings=EvalSettings(
+            k=args.k, keep_users=args.keep_users, alignment_timeout_s=args.alignment_timeout_s
+        ),
     )
     try:
         results = asyncio.run(run(request))
@@ -350,6 +352,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--url", default=None, help="server base URL (default: from settings)")
     ev.add_argument("--api-key", default=None, help="default: $OPENAI_API_KEY")
     ev.add_argument("--keep-users", action="store_true", help="keep the evaluation users in the database")
+    ev.add_argument(
+        "--alignment-timeout-s",
+        type=float,
+        default=3600,
+        help="wait for one user's alignment job at most this long",
+    )
     ev.set_defaults(func=cmd_eval)
 
     keys = sub.add_parser("keys", help="API keys")

@@ -205,6 +205,14 @@ class AlignmentSettings(BaseModel):
     gate: bool = True
     pool_size: int = Field(2, ge=1, description="Ray actors in the alignment pool")
     round_size: int = Field(64, ge=1, description="users gathered into one round")
+    round_wait_s: float = Field(
+        0.5,
+        ge=0,
+        le=60,
+        description="an idle queue waits this long after its first job before starting a round, so jobs "
+        "queued together (a batch of forced alignments, an import) form one round instead of a round of "
+        "the first job and a second one that waits for it (as Ray Serve's `batch_wait_timeout_s`)",
+    )
     max_inflight_calls: int = Field(32, ge=1, description="cap on concurrent engine calls per pool actor")
     priority: int = Field(
         Priority.BACKGROUND,

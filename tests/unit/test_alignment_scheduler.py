@@ -132,3 +132,23 @@ async def test_finished_jobs_older_than_the_retention_are_pruned(tmp_path: Path)
 def test_retention_must_be_positive(days: float) -> None:
     with pytest.raises(ValueError):
         AlignmentSettings(job_retention_days=days)
+
+
+async def test_jobs_queued_together_form_one_round(tmp_path: Path) -> None:
+    """A batch arriving over a few requests is one round, not a round of the first job plus the rest."""
+    users = [f"u{i}" for i in range(5)]
+    scheduler, jobs = _scheduler(tmp_path, FakeMemory(set(users)), _accepting(), round_wait_s=0.3)
+    loop = asyncio.create_task(scheduler.run_forever())
+    try:
+        queued = []
+        for user in users:  # as the evaluation's POSTs arrive: one after another, a little apart
+            queued.append(await scheduler.enqueue(user, "forced"))
+            await asyncio.sleep(0.02)
+        for _ in range(200):
+            if all(jobs.get(j.id).state == "done" for j in queued):  # type: ignore[union-attr]
+                break
+            await asyncio.sleep(0.02)
+        assert all(jobs.get(j.id).state == "done" for j in queued)  # type: ignore[union-attr]
+        assert scheduler.metrics.rounds._value.get() == 1
+    finally:
+        loop.cancel()
