@@ -67,6 +67,7 @@ class AlignmentScheduler:
         self.metrics = AlignmentMetrics()
         self._wakeup = asyncio.Event()
         self._faults: dict[str, int] = {}
+        self._running: dict[str, asyncio.Task[dict[str, Any] | None]] = {}  # user id -> its job's work
         self.prune()
         if self.jobs.queued():
             self._wakeup.set()
@@ -84,8 +85,12 @@ class AlignmentScheduler:
         return job
 
     def forget_user(self, user_id: str) -> int:
-        """The user was deleted: their job rows go, queued ones with them; a running one writes nothing."""
+        """The user was deleted: their job rows go, queued ones with them; a running one is cancelled (its
+        engine calls too), so a deleted user's alignment neither writes nor holds up the rest of its round."""
         removed = self.jobs.delete_user(user_id)
+        work = self._running.pop(user_id, None)
+        if work is not None:
+            work.cancel()
         self.metrics.queue_depth.set(len(self.jobs.queued()))
         return removed
 
@@ -121,8 +126,15 @@ class AlignmentScheduler:
     async def run_job(self, n: int, job: AlignmentJob) -> None:
         """One user's alignment, its persona write included; whatever fails, fails this job alone."""
         limit = self.settings.job_timeout_s
+        work = asyncio.ensure_future(self._align_and_store(n, job))
+        self._running[job.user_id] = work
         try:
-            result = await asyncio.wait_for(self._align_and_store(n, job), timeout=limit)
+            result = await asyncio.wait_for(work, timeout=limit)
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise  # the scheduler itself is being stopped
+            logger.info("alignment job %s cancelled: its user was deleted", job.id)  # its row is gone
         except TimeoutError:
             self._fail(job, f"TimeoutError: not done within alignment.job_timeout_s={limit:g} s")
         except Exception as exc:
@@ -135,6 +147,8 @@ class AlignmentScheduler:
                 self.jobs.update(job.id, "done", result=result)
         finally:
             self._faults.pop(job.id, None)
+            if self._running.get(job.user_id) is work:
+                self._running.pop(job.user_id)
 
     def _fail(self, job: AlignmentJob, error: str) -> None:
         self.metrics.users.labels("failed").inc()

@@ -129,14 +129,14 @@ async def run_task(request: RunRequest, task: str, model: str) -> TaskResult:
             assert user_id is not None
             return method, example, user_id
         except Exception as exc:  # answered (set up and aligned again) one by one in the answering phase
-            logger.warning("%s %s %s: setup for alignment failed: %s", task, method, example.id, exc)
+            logger.warning("%s %s %s: setup for alignment failed: %r", task, method, example.id, exc)
             return None
 
     async def wait_aligned(method: str, example: LaMPExample, user_id: str, job: AlignmentJob) -> None:
         try:
             aligned[(method, example.id)] = await evaluator.align(user_id, job)
         except Exception as exc:  # answered (and aligned again) one by one in the answering phase
-            logger.warning("%s %s %s: batch alignment failed: %s", task, method, example.id, exc)
+            logger.warning("%s %s %s: batch alignment failed: %r", task, method, example.id, exc)
 
     async def one(method: str, example: LaMPExample) -> None:
         async with gate:
@@ -146,7 +146,7 @@ async def run_task(request: RunRequest, task: str, model: str) -> TaskResult:
                 )
             except Exception as exc:  # recorded and retried by the next (resumed) run
                 errors[(method, example.id)] = f"{type(exc).__name__}: {exc}"
-                logger.warning("%s %s %s failed: %s", task, method, example.id, exc)
+                logger.warning("%s %s %s failed: %r", task, method, example.id, exc)
 
     total = len(request.methods) * len(examples)
     to_align = [(m, e) for m, e in pending if METHODS[m].align]
@@ -164,7 +164,7 @@ async def run_task(request: RunRequest, task: str, model: str) -> TaskResult:
             )
             for (m, e, _), job in zip(ready, jobs, strict=True):
                 if not isinstance(job, AlignmentJob):
-                    logger.warning("%s %s %s: queueing the alignment failed: %s", task, m, e.id, job)
+                    logger.warning("%s %s %s: queueing the alignment failed: %r", task, m, e.id, job)
             with tqdm(total=len(to_align), desc=f"{task} align", unit="user") as bar:
                 bar.update(len(to_align) - len(ready))
                 waits = [

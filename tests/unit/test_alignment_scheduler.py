@@ -152,3 +152,17 @@ async def test_jobs_queued_together_form_one_round(tmp_path: Path) -> None:
         assert scheduler.metrics.rounds._value.get() == 1
     finally:
         loop.cancel()
+
+
+async def test_deleting_a_user_cancels_its_running_alignment_and_the_round_goes_on(tmp_path: Path) -> None:
+    cancelled: list[str] = []
+    memory = FakeMemory({"slow", "ok"})
+    scheduler, jobs = _scheduler(tmp_path, memory, _accepting(cancelled, slow={"slow"}))
+    queued = [await scheduler.enqueue(u, "forced") for u in ("slow", "ok")]
+    round_ = asyncio.create_task(scheduler.round(queued))
+    await asyncio.sleep(0.05)
+    memory.users.discard("slow")
+    assert scheduler.forget_user("slow") == 1
+    await asyncio.wait_for(round_, timeout=2)  # without the cancel, "slow" would hold the round for an hour
+    assert cancelled == ["slow"]
+    assert jobs.get(queued[0].id) is None and jobs.get(queued[1].id).state == "done"  # type: ignore[union-attr]
