@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import json
 import logging
+import re
+import uuid
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, Protocol
 
@@ -208,6 +210,34 @@ def _with_history(messages: list[dict[str, Any]], hits: Sequence[MemoryHit]) -> 
     return out
 
 
+_FENCE = re.compile(r"^```(?:json)?\s*(.*?)\s*```$", re.S)
+
+
+def text_tool_call(content: Any, offered: set[str]) -> tuple[str, dict[str, Any]] | None:
+    """A whole answer that is only a tool call written as JSON text, without the `<tool_call>` markup the
+    parser looks for: `{"name": ..., "arguments": {...}}`, bare, in a ```json fence, or with the doubled
+    braces of the prompt's template (Qwen2.5-Coder-1.5B writes all three). Only a name that was offered."""
+    text = _text(content).strip()
+    if not text:
+        return None
+    fenced = _FENCE.match(text)
+    text = fenced.group(1) if fenced else text
+    for candidate in (text, text[1:-1] if text.startswith("{{") and text.endswith("}}") else None):
+        if candidate is None:
+            continue
+        try:
+            value = json.loads(candidate)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(value, dict) and value.get("name") in offered:
+            arguments = value.get("arguments", {})
+            if isinstance(arguments, str):
+                arguments = _parse_arguments(arguments)
+            if isinstance(arguments, dict):
+                return str(value["name"]), arguments
+    return None
+
+
 class _Call(BaseModel):
     """A tool call read from the engine's output (streamed in pieces, or whole)."""
 
@@ -362,6 +392,15 @@ class PersonaAgent:
                 return
             plan.usage.add_openai(result.get("usage"))
             message = result["choices"][0].get("message") or {}
+            if not message.get("tool_calls") and "tools" in body:
+                written = text_tool_call(
+                    message.get("content"), {t["function"]["name"] for t in body["tools"]}
+                )
+                if written is not None:  # a call the parser missed is still a call, not the answer
+                    name, arguments = written
+                    message["content"] = None
+                    message["tool_calls"] = [{"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function",
+                                              "function": {"name": name, "arguments": json.dumps(arguments)}}]  # fmt: skip
             calls = [
                 _Call(id=c.get("id", ""), name=(c.get("function") or {}).get("name", ""),
                       arguments=(c.get("function") or {}).get("arguments", ""), index=n)

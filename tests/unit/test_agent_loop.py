@@ -304,3 +304,28 @@ async def test_requested_format_is_answered_without_builtin_tools_and_cut_calls_
     plan = await agent.prepare("u1", [{"role": "user", "content": "q"}], client_tools=WEATHER)
     [i async for i in agent.generate(plan, {"response_format": {"type": "json_object"}})]
     assert [t["function"]["name"] for t in engine.bodies[0]["tools"]] == ["get_weather"]  # the client's stay
+
+
+async def test_a_tool_call_written_as_json_text_is_run_as_a_call_not_returned_as_the_answer() -> None:
+    """Qwen2.5-Coder-1.5B often writes its call without `<tool_call>` (seen in alignment's re-answers)."""
+    written = [
+        '```json\n{\n  "name": "search_memory",\n  "arguments": {"query": "films"}\n}\n```',
+        '{{"name": "search_memory", "arguments": {"query": "films"}}}',
+        '{"name": "search_memory", "arguments": "{\\"query\\": \\"films\\"}"}',
+    ]
+    for text in written:
+        agent, engine, memory = _agent([text, "answer with memories"], auto_memory_search=False)
+        plan = await agent.prepare("u1", [{"role": "user", "content": "What do I like?"}])
+        answer, calls = await _respond(agent, plan, stream=False)
+        assert answer == "answer with memories" and calls == [] and memory.searches == ["films"], text
+    # Text that only looks like a call stays the answer: an unknown name, or JSON that is the answer itself.
+    for text in ('{"name": "rm_rf", "arguments": {}}', '{"title": "A Bayesian Approach"}', "sci-fi"):
+        agent, engine, memory = _agent([text], auto_memory_search=False)
+        plan = await agent.prepare("u1", [{"role": "user", "content": "What do I like?"}])
+        answer, calls = await _respond(agent, plan, stream=False)
+        assert answer == text and calls == [] and memory.searches == [] and len(engine.bodies) == 1
+    # A client tool written as text reaches the client as an OpenAI tool call.
+    agent, engine, _ = _agent(['```json\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n```'])
+    plan = await agent.prepare("u1", [{"role": "user", "content": "weather?"}], client_tools=WEATHER)
+    answer, calls = await _respond(agent, plan, stream=False)
+    assert answer == "" and calls[0]["function"] == {"name": "get_weather", "arguments": '{"city": "Paris"}'}
