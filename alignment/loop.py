@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from collections.abc import Sequence
 from typing import Any, Protocol
@@ -75,6 +76,20 @@ class TokenMeter:
         result = await self.llm.chat(messages, cache_salt=self.cache_salt, **kwargs)
         self.usage.add(result.usage)
         return result.text
+
+
+_PROMPT_LABEL = re.compile(r"^\s*new persona:\s*", re.IGNORECASE | re.MULTILINE)
+_DATA_FENCE_TAG = re.compile(
+    r"<\\?/?data\b[^>]*>", re.IGNORECASE
+)  # <data ...>, </data>, and as quoted: <\data, <\/data
+
+
+def clean_rewrite(text: str) -> str:
+    """The persona in a rewrite, without what a small model copies from the update prompt: the current
+    persona echoed before a "New persona:" label, and the data-fence tags the prompt quoted it in."""
+    text = _PROMPT_LABEL.split(text)[-1]
+    text = _DATA_FENCE_TAG.sub("", text)
+    return re.sub(r"\n{3,}", "\n\n", text).strip()
 
 
 async def simulate(
@@ -197,7 +212,7 @@ async def align_user(
         text = await meter.chat(
             [{"role": "user", "content": prompt}], max_tokens=cfg.update_max_tokens, priority=cfg.priority
         )
-        candidate = bound_persona(text, agent.settings.max_persona_chars)
+        candidate = bound_persona(clean_rewrite(text), agent.settings.max_persona_chars)
         if len(candidate.split()) >= 5:  # an empty or degenerate rewrite is not a persona
             current = candidate
         answers = (
