@@ -210,18 +210,20 @@ def _with_history(messages: list[dict[str, Any]], hits: Sequence[MemoryHit]) -> 
     return out
 
 
-_FENCE = re.compile(r"^```(?:json)?\s*(.*?)\s*```$", re.S)
+# A ```json fence, or the `<tools>` element of the tool listing the model was shown (copied instead of <tool_call>).
+_CALL_WRAPPER = re.compile(r"^(?:```(?:json)?\s*(.*?)\s*```|<tools>\s*(.*?)\s*</tools>)$", re.S)
 
 
 def text_tool_call(content: Any, offered: set[str]) -> tuple[str, dict[str, Any]] | None:
     """A whole answer that is only a tool call written as JSON text, without the `<tool_call>` markup the
-    parser looks for: `{"name": ..., "arguments": {...}}`, bare, in a ```json fence, or with the doubled
-    braces of the prompt's template (Qwen2.5-Coder-1.5B writes all three). Only a name that was offered."""
+    parser looks for: `{"name": ..., "arguments": {...}}`, bare, in a ```json fence or a `<tools>` element,
+    or with the doubled braces of the prompt's template (Qwen2.5-Coder-1.5B writes all four). Only a name
+    that was offered."""
     text = _text(content).strip()
     if not text:
         return None
-    fenced = _FENCE.match(text)
-    text = fenced.group(1) if fenced else text
+    wrapped = _CALL_WRAPPER.match(text)
+    text = (wrapped.group(1) or wrapped.group(2) or "") if wrapped else text
     for candidate in (text, text[1:-1] if text.startswith("{{") and text.endswith("}}") else None):
         if candidate is None:
             continue

@@ -311,6 +311,7 @@ async def test_a_tool_call_written_as_json_text_is_run_as_a_call_not_returned_as
     written = [
         '```json\n{\n  "name": "search_memory",\n  "arguments": {"query": "films"}\n}\n```',
         '{{"name": "search_memory", "arguments": {"query": "films"}}}',
+        '<tools>\n{"name": "search_memory", "arguments": {"query": "films"}}\n</tools>',
         '{"name": "search_memory", "arguments": "{\\"query\\": \\"films\\"}"}',
     ]
     for text in written:
