@@ -79,9 +79,8 @@ class TokenMeter:
 
 
 _PROMPT_LABEL = re.compile(r"^\s*new persona:\s*", re.IGNORECASE | re.MULTILINE)
-_DATA_FENCE_TAG = re.compile(
-    r"<\\?/?data\b[^>]*>", re.IGNORECASE
-)  # <data ...>, </data>, and as quoted: <\data, <\/data
+# <data ...>, </data>, and as the prompt quoted them: <\data ...>, <\/data>
+_DATA_FENCE_TAG = re.compile(r"<\\?/?data\b[^>]*>", re.IGNORECASE)
 
 
 def clean_rewrite(text: str) -> str:

@@ -165,14 +165,14 @@ async def run_task(request: RunRequest, task: str, model: str) -> TaskResult:
             for (m, e, _), job in zip(ready, jobs, strict=True):
                 if not isinstance(job, AlignmentJob):
                     logger.warning("%s %s %s: queueing the alignment failed: %r", task, m, e.id, job)
-            with tqdm(total=len(to_align), desc=f"{task} align", unit="user") as bar:
-                bar.update(len(to_align) - len(ready))
-                waits = [
-                    wait_aligned(m, e, user_id, job)
-                    for (m, e, user_id), job in zip(ready, jobs, strict=True)
-                    if isinstance(job, AlignmentJob)
-                ]
-                bar.update(len(ready) - len(waits))
+            waits = [
+                wait_aligned(m, e, user_id, job)
+                for (m, e, user_id), job in zip(ready, jobs, strict=True)
+                if isinstance(job, AlignmentJob)
+            ]
+            with tqdm(
+                total=len(to_align), initial=len(to_align) - len(waits), desc=f"{task} align", unit="user"
+            ) as bar:
                 for future in asyncio.as_completed(waits):
                     await future
                     bar.update(1)

@@ -294,7 +294,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         concurrency=args.concurrency,
         api_key=args.api_key or os.environ.get("OPENAI_API_KEY", "not-needed"),
         settings=EvalSettings(
-            k=args.k, keep_users=args.keep_users, alignment_timeout_s=args.alignment_timeout_s
+            k=args.k,
+            keep_users=args.keep_users,
+            **({"alignment_timeout_s": args.alignment_timeout_s} if args.alignment_timeout_s else {}),
         ),
     )
     try:
@@ -355,8 +357,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument(
         "--alignment-timeout-s",
         type=float,
-        default=3600,
-        help="wait for one user's alignment job at most this long",
+        default=None,
+        help="wait for one user's alignment job at most this long (s; default: EvalSettings, 3600)",
     )
     ev.set_defaults(func=cmd_eval)
 
