@@ -162,14 +162,12 @@ async def run_task(request: RunRequest, task: str, model: str) -> TaskResult:
             jobs = await asyncio.gather(
                 *(evaluator.start_alignment(user_id) for _, _, user_id in ready), return_exceptions=True
             )
-            for (m, e, _), job in zip(ready, jobs, strict=True):
-                if not isinstance(job, AlignmentJob):
+            waits = []
+            for (m, e, user_id), job in zip(ready, jobs, strict=True):
+                if isinstance(job, AlignmentJob):
+                    waits.append(wait_aligned(m, e, user_id, job))
+                else:
                     logger.warning("%s %s %s: queueing the alignment failed: %r", task, m, e.id, job)
-            waits = [
-                wait_aligned(m, e, user_id, job)
-                for (m, e, user_id), job in zip(ready, jobs, strict=True)
-                if isinstance(job, AlignmentJob)
-            ]
             with tqdm(
                 total=len(to_align), initial=len(to_align) - len(waits), desc=f"{task} align", unit="user"
             ) as bar:
