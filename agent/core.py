@@ -240,6 +240,28 @@ def text_tool_call(content: Any, offered: set[str]) -> tuple[str, dict[str, Any]
     return None
 
 
+# The compact (whitespace-free) opening of a call written as text, in each wrapper `text_tool_call` accepts.
+_WRITTEN_CALL_HEADS = tuple(
+    opener + head for opener in ("", "```json", "```", "<tools>") for head in ('{"name":"', '{{"name":"')
+)
+
+
+def written_call_start(text: str, offered: set[str]) -> bool | None:
+    """While an answer streams: does it open as a call written as text (`text_tool_call`'s forms) to an
+    offered tool? True: yes; False: it cannot be one; None: too early to tell. Decided within the first few
+    tokens, so a streamed answer is held back only while it could still be such a call."""
+    compact = re.sub(r"\s+", "", text)
+    for head in _WRITTEN_CALL_HEADS:
+        if head.startswith(compact):
+            return None
+        if compact.startswith(head):
+            name = compact[len(head) :]
+            if '"' in name:
+                return name.split('"', 1)[0] in offered
+            return None if any(n.startswith(name) for n in offered) else False
+    return False
+
+
 class _Call(BaseModel):
     """A tool call read from the engine's output (streamed in pieces, or whole)."""
 
@@ -433,7 +455,9 @@ class PersonaAgent:
         """Relay the engine's chunks; built-in tool calls are held back, run, and the stream continues.
 
         A tool call's name arrives in its first delta, so each call is known to be built-in (held back) or
-        the client's (relayed, renumbered) before any of it is sent.
+        the client's (relayed, renumbered) before any of it is sent. An answer that opens like a call written
+        as text (`written_call_start`) is held back until that is decided, and if the whole answer is one,
+        it runs as a call as on the non-streaming path.
         """
         completion_id = ""
         usage_chunk: dict[str, Any] | None = None
@@ -444,6 +468,9 @@ class PersonaAgent:
             finish: dict[str, Any] | None = None
             plan.usage.calls += 1
             body = self._engine_body(plan, request, round_)
+            offered = {t["function"]["name"] for t in body.get("tools", [])}
+            written: bool | None = None if offered else False  # None: may still be a call written as text
+            held: list[str] = []  # chunks kept back while `written` is not False
             async for item in self.llm.run(body):
                 if isinstance(item, dict):  # an error before streaming began
                     yield item
@@ -482,6 +509,11 @@ class PersonaAgent:
                         else:
                             del delta["tool_calls"]
                     content.append(delta.get("content") or "")
+                    if written is None and (delta.get("content") or deltas):
+                        written = False if deltas else written_call_start("".join(content), offered)
+                        if written is False:
+                            out.extend(held)
+                            held.clear()
                     if (
                         round_ > 0
                         and delta.get("role")
@@ -492,12 +524,32 @@ class PersonaAgent:
                     if choice.get("finish_reason"):
                         finish = data
                         continue
-                    out.append(f"data: {json.dumps(data)}\n\n")
+                    if written is False or (not held and not delta.get("content")):
+                        out.append(f"data: {json.dumps(data)}\n\n")
+                    else:
+                        held.append(f"data: {json.dumps(data)}\n\n")
                 if out:
                     yield "".join(out)
+            parsed = text_tool_call("".join(content), offered) if held else None
+            if held:  # the answer opened like a call written as text: run it as one if it is one
+                if parsed is None:
+                    yield "".join(held)
+                else:
+                    name, arguments = parsed
+                    call = _Call(
+                        id=f"call_{uuid.uuid4().hex[:24]}", name=name, arguments=json.dumps(arguments)
+                    )
+                    if self._is_builtin_name(plan, name):
+                        calls[0] = call
+                    elif finish is not None:
+                        relayed[0] = 0
+                        delta = {"tool_calls": [{"index": 0, "id": call.id, "type": "function",
+                                                 "function": {"name": name, "arguments": call.arguments}}]}  # fmt: skip
+                        chunk = {**finish, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
+                        yield f"data: {json.dumps(chunk)}\n\n"
             builtin = [c for c in calls.values() if self._is_builtin_name(plan, c.name)]
             if builtin and not relayed and "tools" in body:
-                await self._run_builtin_round(plan, "".join(content), builtin)
+                await self._run_builtin_round(plan, "" if parsed else "".join(content), builtin)
                 continue
             if finish is not None:
                 # Built-in calls only: nothing for the client to run. A client call (forced ones too): tool_calls.

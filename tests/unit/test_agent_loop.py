@@ -10,7 +10,7 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-from agent.core import PersonaAgent, normalize_conversation
+from agent.core import PersonaAgent, normalize_conversation, written_call_start
 from memory.records import DocumentHit, Interaction, MemoryHit, PersonaVersion, utcnow
 from personaagent.llm import LLM
 from personaagent.salts import CacheSalts
@@ -314,19 +314,47 @@ async def test_a_tool_call_written_as_json_text_is_run_as_a_call_not_returned_as
         '<tools>\n{"name": "search_memory", "arguments": {"query": "films"}}\n</tools>',
         '{"name": "search_memory", "arguments": "{\\"query\\": \\"films\\"}"}',
     ]
-    for text in written:
+    for text, stream in [(t, s) for t in written for s in (False, True)]:
         agent, engine, memory = _agent([text, "answer with memories"], auto_memory_search=False)
         plan = await agent.prepare("u1", [{"role": "user", "content": "What do I like?"}])
-        answer, calls = await _respond(agent, plan, stream=False)
-        assert answer == "answer with memories" and calls == [] and memory.searches == ["films"], text
-    # Text that only looks like a call stays the answer: an unknown name, or JSON that is the answer itself.
-    for text in ('{"name": "rm_rf", "arguments": {}}', '{"title": "A Bayesian Approach"}', "sci-fi"):
+        answer, calls = await _respond(agent, plan, stream)
+        assert answer.strip() == "answer with memories" and calls == [], (text, stream)
+        assert memory.searches == ["films"] and "<tool_call>" in engine.bodies[1]["messages"][-2]["content"]
+    # Text that only looks like a call stays the answer: an unknown name, a cut-off call, JSON that is the
+    # answer itself, code.
+    for text, stream in [
+        (t, s)
+        for t in (
+            '{"name": "rm_rf", "arguments": {}}',
+            '{"name": "search_memory", "arguments": {"query":',
+            '{"title": "A Bayesian Approach"}',
+            "```python\nprint(1)\n```",
+            "sci-fi",
+        )
+        for s in (False, True)
+    ]:
         agent, engine, memory = _agent([text], auto_memory_search=False)
         plan = await agent.prepare("u1", [{"role": "user", "content": "What do I like?"}])
-        answer, calls = await _respond(agent, plan, stream=False)
-        assert answer == text and calls == [] and memory.searches == [] and len(engine.bodies) == 1
+        answer, calls = await _respond(agent, plan, stream)
+        assert answer.strip() == text and calls == [] and memory.searches == [] and len(engine.bodies) == 1
     # A client tool written as text reaches the client as an OpenAI tool call.
-    agent, engine, _ = _agent(['```json\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n```'])
-    plan = await agent.prepare("u1", [{"role": "user", "content": "weather?"}], client_tools=WEATHER)
-    answer, calls = await _respond(agent, plan, stream=False)
-    assert answer == "" and calls[0]["function"] == {"name": "get_weather", "arguments": '{"city": "Paris"}'}
+    for stream in (False, True):
+        agent, engine, _ = _agent(['```json\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n```'])
+        plan = await agent.prepare("u1", [{"role": "user", "content": "weather?"}], client_tools=WEATHER)
+        answer, calls = await _respond(agent, plan, stream)
+        expected = {"name": "get_weather", "arguments": '{"city": "Paris"}'}
+        assert answer == "" and (calls[0] if stream else calls[0]["function"]) == expected
+
+
+def test_a_streamed_answer_is_held_back_only_while_it_could_be_a_written_call() -> None:
+    offered = {"search_memory", "get_profile"}
+    for text in ("", " ", "`", "```js", "```json\n{", "<too", '{"na', '{{ "name": "sea', '{"name": "get_'):
+        assert written_call_start(text, offered) is None, text
+    for text in ("The", '{"title', "```python", "<b>", '{"name": "rm', '{"name": "search_memoryx"'):
+        assert written_call_start(text, offered) is False, text
+    for text in (
+        '{"name": "get_profile"',
+        '```json\n{\n  "name": "search_memory",',
+        '<tools>{"name":"get_profile"',
+    ):
+        assert written_call_start(text, offered) is True, text
