@@ -543,6 +543,7 @@ class PersonaAgent:
                         calls[0] = call
                     elif finish is not None:
                         relayed[0] = 0
+                        finish["choices"][0]["delta"] = {}  # vLLM puts the last token in it: part of the call
                         delta = {"tool_calls": [{"index": 0, "id": call.id, "type": "function",
                                                  "function": {"name": name, "arguments": call.arguments}}]}  # fmt: skip
                         chunk = {**finish, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}

@@ -76,9 +76,10 @@ class ScriptedEngine:
                 yield event({"tool_calls": [{"index": n, "function": {"arguments": fn["arguments"]}}]})
             yield event({}, "tool_calls")
         else:
-            for word in (text or "").split(" "):
+            words = (text or "").split(" ")
+            for word in words[:-1]:
                 yield event({"content": word + " "})
-            yield event({}, "stop")
+            yield event({"content": words[-1]}, "stop")  # as vLLM: the last token comes with the finish
         yield f"data: {json.dumps({'id': 'u', 'choices': [], 'usage': usage})}\n\n"
         yield "data: [DONE]\n\n"
 
