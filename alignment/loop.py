@@ -194,6 +194,7 @@ async def align_user(
     kind = metric_kind([i.output or "" for i in items])
     outcome.metric = kind
     current = persona
+    unusable: str | None = None  # why the last rewrite was not taken, with what the model wrote
     answers = await simulate(agent, user_id, current, items, cfg, meter)
     outcome.score_before = await score(meter, kind, items, answers, cfg) if cfg.gate else None
     for _ in range(cfg.iterations):
@@ -212,8 +213,13 @@ async def align_user(
             [{"role": "user", "content": prompt}], max_tokens=cfg.update_max_tokens, priority=cfg.priority
         )
         candidate = bound_persona(clean_rewrite(text), agent.settings.max_persona_chars)
-        if len(candidate.split()) >= 5:  # an empty or degenerate rewrite is not a persona
-            current = candidate
+        if len(candidate.split()) < 5 or candidate == current:
+            # An empty or degenerate rewrite is not a persona, an unchanged one needs no second look: the
+            # re-answers under it would be the last ones again.
+            what = "the current persona again" if candidate == current else "no persona"
+            unusable = f"the update wrote {what}: {text.strip()[:200]!r}"
+            break
+        current = candidate
         answers = (
             await simulate(agent, user_id, current, items, cfg, meter)
             if (cfg.gate or cfg.iterations > 1)
@@ -221,7 +227,7 @@ async def align_user(
         )
     outcome.candidate = current if current != persona else None
     if outcome.candidate is None:
-        outcome.skipped = "the update produced no new persona"
+        outcome.skipped = unusable or "the update produced no new persona"
     elif cfg.gate:
         outcome.score_after = await score(meter, kind, items, answers, cfg)
         outcome.accepted = outcome.score_after >= (outcome.score_before or 0.0)
