@@ -270,6 +270,22 @@ class _Call(BaseModel):
     arguments: str = ""
     index: int = 0
 
+    def openai(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "type": "function",
+            "function": {"name": self.name, "arguments": self.arguments},
+        }
+
+
+def _written_call(content: Any, body: dict[str, Any]) -> _Call | None:
+    """The call an answer wrote as text (`text_tool_call`) to one of the tools `body` offered, with a fresh id."""
+    written = text_tool_call(content, {t["function"]["name"] for t in body.get("tools", [])})
+    if written is None:
+        return None
+    name, arguments = written
+    return _Call(id=f"call_{uuid.uuid4().hex[:24]}", name=name, arguments=json.dumps(arguments))
+
 
 class PersonaAgent:
     def __init__(
@@ -416,15 +432,10 @@ class PersonaAgent:
                 return
             plan.usage.add_openai(result.get("usage"))
             message = result["choices"][0].get("message") or {}
-            if not message.get("tool_calls") and "tools" in body:
-                written = text_tool_call(
-                    message.get("content"), {t["function"]["name"] for t in body["tools"]}
-                )
-                if written is not None:  # a call the parser missed is still a call, not the answer
-                    name, arguments = written
-                    message["content"] = None
-                    message["tool_calls"] = [{"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function",
-                                              "function": {"name": name, "arguments": json.dumps(arguments)}}]  # fmt: skip
+            text_call = None if message.get("tool_calls") else _written_call(message.get("content"), body)
+            if text_call is not None:  # a call the parser missed is still a call, not the answer
+                message["content"] = None
+                message["tool_calls"] = [text_call.openai()]
             calls = [
                 _Call(id=c.get("id", ""), name=(c.get("function") or {}).get("name", ""),
                       arguments=(c.get("function") or {}).get("arguments", ""), index=n)
@@ -530,27 +541,21 @@ class PersonaAgent:
                         held.append(f"data: {json.dumps(data)}\n\n")
                 if out:
                     yield "".join(out)
-            parsed = text_tool_call("".join(content), offered) if held else None
-            if held:  # the answer opened like a call written as text: run it as one if it is one
-                if parsed is None:
-                    yield "".join(held)
-                else:
-                    name, arguments = parsed
-                    call = _Call(
-                        id=f"call_{uuid.uuid4().hex[:24]}", name=name, arguments=json.dumps(arguments)
-                    )
-                    if self._is_builtin_name(plan, name):
-                        calls[0] = call
-                    elif finish is not None:
-                        relayed[0] = 0
-                        finish["choices"][0]["delta"] = {}  # vLLM puts the last token in it: part of the call
-                        delta = {"tool_calls": [{"index": 0, "id": call.id, "type": "function",
-                                                 "function": {"name": name, "arguments": call.arguments}}]}  # fmt: skip
-                        chunk = {**finish, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
-                        yield f"data: {json.dumps(chunk)}\n\n"
+            # Held to the end: the answer opened like a call written as text; run it as one if it is one.
+            text_call = _written_call("".join(content), body) if held else None
+            if held and text_call is None:
+                yield "".join(held)
+            elif text_call is not None and self._is_builtin_name(plan, text_call.name):
+                calls[0] = text_call
+            elif text_call is not None and finish is not None:
+                relayed[0] = 0
+                finish["choices"][0]["delta"] = {}  # vLLM puts the last token in it: part of the call
+                delta = {"tool_calls": [{"index": 0, **text_call.openai()}]}
+                chunk = {**finish, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
+                yield f"data: {json.dumps(chunk)}\n\n"
             builtin = [c for c in calls.values() if self._is_builtin_name(plan, c.name)]
             if builtin and not relayed and "tools" in body:
-                await self._run_builtin_round(plan, "" if parsed else "".join(content), builtin)
+                await self._run_builtin_round(plan, "" if text_call else "".join(content), builtin)
                 continue
             if finish is not None:
                 # Built-in calls only: nothing for the client to run. A client call (forced ones too): tool_calls.
