@@ -14,17 +14,19 @@ loop and the evaluation run this same code.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
-import re
+import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from agent.prompts import TOOL_CONTEXT, TOOLS_PROMPTED
+from agent.prompts import FINAL_ANSWER, NO_ANSWER, TOOL_CONTEXT, TOOLS_PROMPTED
 from agent.tools import BUILTIN_TOOLS, ToolSpec, ToolStep, client_tool_specs
+from agent.written_calls import CallTextGuard, echoes, parse_written_call
 from memory.records import DocumentHit, MemoryHit, PersonaVersion
 from personaagent.llm import LLM, TokenUsage
 from personaagent.quoting import history_block, history_lines, quote_data
@@ -60,6 +62,20 @@ class AgentOptions(BaseModel):
     tools: bool = Field(True, description="false: no action module (no tools, no memory priming)")
 
 
+class RoundRecord(BaseModel):
+    """One engine call of a request, as reported in `persona_agent.rounds`."""
+
+    kind: Literal["tools", "answer"] = Field(description="tools offered, or the answer round (no tools)")
+    outcome: str = Field(
+        description="builtin_calls, client_calls, answer; why a tool round's text was not the answer: "
+        "repeated_calls, call_text, over_budget; call_text_dropped: the answer round wrote call text"
+    )
+    finish_reason: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    choice: int = 0
+
+
 class AgentPlan(BaseModel):
     """A prepared personalized request: its prompt, the tools it offers, and what it did so far."""
 
@@ -78,6 +94,7 @@ class AgentPlan(BaseModel):
     steps: list[ToolStep] = Field(default_factory=list)
     usage: TokenUsage = Field(default_factory=TokenUsage, description="every engine call of this request")
     tool_llm_calls: int = 0
+    rounds: list[RoundRecord] = Field(default_factory=list)
 
     @property
     def memory_ids(self) -> list[int]:
@@ -97,6 +114,7 @@ class AgentPlan(BaseModel):
             "memory_ids": self.memory_ids,
             "llm_calls": self.usage.calls,
             "tool_llm_calls": self.tool_llm_calls,
+            "rounds": [r.model_dump() for r in self.rounds],
         } | ({"final_messages": self.messages} if self.trace_final_prompt else {})
 
 
@@ -210,58 +228,6 @@ def _with_history(messages: list[dict[str, Any]], hits: Sequence[MemoryHit]) -> 
     return out
 
 
-# A ```json fence, or the `<tools>` element of the tool listing the model was shown (copied instead of <tool_call>).
-_CALL_WRAPPER = re.compile(r"^(?:```(?:json)?\s*(.*?)\s*```|<tools>\s*(.*?)\s*</tools>)$", re.S)
-
-
-def text_tool_call(content: Any, offered: set[str]) -> tuple[str, dict[str, Any]] | None:
-    """A whole answer that is only a tool call written as JSON text, without the `<tool_call>` markup the
-    parser looks for: `{"name": ..., "arguments": {...}}`, bare, in a ```json fence or a `<tools>` element,
-    or with the doubled braces of the prompt's template (Qwen2.5-Coder-1.5B writes all four). Only a name
-    that was offered."""
-    text = _text(content).strip()
-    if not text:
-        return None
-    wrapped = _CALL_WRAPPER.match(text)
-    text = (wrapped.group(1) or wrapped.group(2) or "") if wrapped else text
-    for candidate in (text, text[1:-1] if text.startswith("{{") and text.endswith("}}") else None):
-        if candidate is None:
-            continue
-        try:
-            value = json.loads(candidate)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(value, dict) and value.get("name") in offered:
-            arguments = value.get("arguments", {})
-            if isinstance(arguments, str):
-                arguments = _parse_arguments(arguments)
-            if isinstance(arguments, dict):
-                return str(value["name"]), arguments
-    return None
-
-
-# The compact (whitespace-free) opening of a call written as text, in each wrapper `text_tool_call` accepts.
-_WRITTEN_CALL_HEADS = tuple(
-    opener + head for opener in ("", "```json", "```", "<tools>") for head in ('{"name":"', '{{"name":"')
-)
-
-
-def written_call_start(text: str, offered: set[str]) -> bool | None:
-    """While an answer streams: does it open as a call written as text (`text_tool_call`'s forms) to an
-    offered tool? True: yes; False: it cannot be one; None: too early to tell. Decided within the first few
-    tokens, so a streamed answer is held back only while it could still be such a call."""
-    compact = re.sub(r"\s+", "", text)
-    for head in _WRITTEN_CALL_HEADS:
-        if head.startswith(compact):
-            return None
-        if compact.startswith(head):
-            name = compact[len(head) :]
-            if '"' in name:
-                return name.split('"', 1)[0] in offered
-            return None if any(n.startswith(name) for n in offered) else False
-    return False
-
-
 class _Call(BaseModel):
     """A tool call read from the engine's output (streamed in pieces, or whole)."""
 
@@ -272,19 +238,95 @@ class _Call(BaseModel):
 
     def openai(self) -> dict[str, Any]:
         return {
-            "id": self.id,
+            "id": self.id or f"call_{uuid.uuid4().hex[:24]}",
             "type": "function",
             "function": {"name": self.name, "arguments": self.arguments},
         }
 
 
-def _written_call(content: Any, body: dict[str, Any]) -> _Call | None:
-    """The call an answer wrote as text (`text_tool_call`) to one of the tools `body` offered, with a fresh id."""
-    written = text_tool_call(content, {t["function"]["name"] for t in body.get("tools", [])})
+def answer_budget(request: dict[str, Any]) -> int | None:
+    """The client's token budget for the answer (`max_completion_tokens` wins, as in vLLM)."""
+    for field in ("max_completion_tokens", "max_tokens"):
+        value = request.get(field)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    return None
+
+
+def _engine_error(message: str) -> dict[str, Any]:
+    return {"error": {"message": message, "type": "server_error", "param": None, "code": 500}}
+
+
+class _Round(BaseModel):
+    """One engine call of a request, as read so far (streamed or whole)."""
+
+    calls: dict[int, _Call] = Field(default_factory=dict)
+    relayed: dict[int, int] = Field(
+        default_factory=dict, description="engine index -> index the client sees, of its calls relayed"
+    )
+    finish_reason: str | None = None
+    usage: dict[str, Any] | None = None
+    held: list[str] = Field(default_factory=list, description="answer text not yet sent (small budgets)")
+    error: bool = False
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+
+class _StreamState(BaseModel):
+    """What one streamed response has sent so far, across its rounds."""
+
+    id: str = ""
+    created: int = 0
+    model: str = ""
+    started: bool = False  # anything sent to the client
+    shown: bool = False  # any answer text sent
+
+    def chunk(self, delta: dict[str, Any], finish_reason: str | None = None) -> str:
+        data = {
+            "id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
+            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
+        }  # fmt: skip
+        return f"data: {json.dumps(data)}\n\n"
+
+
+def _sse_data(item: str) -> list[dict[str, Any]]:
+    """The data events of one (possibly coalesced) SSE string from the engine, `[DONE]` left out."""
+    return [
+        json.loads(event[6:])
+        for event in item.split("\n\n")
+        if event.startswith("data: ") and event != "data: [DONE]"
+    ]
+
+
+async def _parse_written(
+    content: str, tools: Sequence[ToolSpec], prompt: Sequence[dict[str, Any]]
+) -> _Call | None:
+    """A whole answer that is one call written as text (`parse_written_call`) and not a copy of anything in
+    the prompt (`echoes`), with a fresh id. Linear, but a long answer is still read off the event loop, so no
+    answer ever holds up the replica's other requests."""
+    schemas = {t.name: t.parameters for t in tools}
+
+    def parse() -> tuple[str, dict[str, Any]] | None:
+        written = parse_written_call(content, schemas)
+        return None if written is None or echoes(content, (_text(m.get("content")) for m in prompt)) else written
+
+    written = await asyncio.to_thread(parse) if len(content) > _INLINE_PARSE_CHARS else parse()
     if written is None:
         return None
     name, arguments = written
     return _Call(id=f"call_{uuid.uuid4().hex[:24]}", name=name, arguments=json.dumps(arguments))
+
+
+_INLINE_PARSE_CHARS = 20_000
+
+
+def _round_failure(guard: CallTextGuard, record: _Round, budget: int | None) -> str | None:
+    """Why a tool round's answer cannot be the answer, or None: call text in it, or over the budget."""
+    if guard.found:
+        return "call_text"
+    if budget is not None and int((record.usage or {}).get("completion_tokens") or 0) > budget:
+        return "over_budget"
+    return None
 
 
 class PersonaAgent:
@@ -391,201 +433,384 @@ class PersonaAgent:
         return f"{persona}\n\n{block}" if persona else block
 
     # -- the generation ----------------------------------------------------------------------------
+    #
+    # A request runs tool rounds (tools offered) while the model calls built-in tools, at most `max_steps`;
+    # the first round that answers is the answer when it is clean (no call written as text, within the
+    # client's token budget). However the rounds end otherwise (steps used up, a repeated call, a call the
+    # parser could not use, call text in the answer, an answer over the client's budget), one last round
+    # with no tools offered and an instruction to answer from what the agent has writes the answer. No text
+    # the client gets ever holds a call written as text or parser markup (`CallTextGuard`).
 
-    def _engine_body(self, plan: AgentPlan, request: dict[str, Any], round_: int) -> dict[str, Any]:
-        body = {k: v for k, v in request.items() if k not in AGENT_ONLY_FIELDS}
-        body["messages"] = plan.messages
+    def _offered(self, plan: AgentPlan, request: dict[str, Any]) -> list[ToolSpec]:
+        """The tools a round may offer. A requested output format (JSON schema, a choice of labels...) wins
+        over tools: vLLM's grammar would not let a call be written anyway, so none is offered, and the
+        formatted text is the answer as written."""
+        return [] if constrains_output(request) else plan.tools
+
+    @staticmethod
+    def _guard(plan: AgentPlan, request: dict[str, Any]) -> CallTextGuard:
+        """What keeps call text out of the answer. Under a requested format, a JSON object naming a tool may
+        be exactly what the client's schema asks for: only parser markup is cut there."""
+        return CallTextGuard(() if constrains_output(request) else (t.name for t in plan.tools))
+
+    @staticmethod
+    def _tool_round(plan: AgentPlan, tools: Sequence[ToolSpec], round_: int) -> bool:
+        return bool(tools) and (round_ < plan.max_steps or (round_ == 0 and plan.tool_choice is not None))
+
+    def _engine_body(
+        self, plan: AgentPlan, request: dict[str, Any], round_: int, tools: Sequence[ToolSpec]
+    ) -> dict[str, Any]:
+        """The engine's body for one round: tools offered (`tools`), or the answer round (none)."""
+        body = {k: v for k, v in request.items() if k not in AGENT_ONLY_FIELDS and k != "n"}
         body["cache_salt"] = plan.cache_salt
-        # A requested output format (e.g. the evaluation's label choice) is answered directly: vLLM would
-        # let a tool call stand in for the format, and a call cut off by a small max_tokens is no answer.
-        tools = [t for t in plan.tools if not t.builtin] if constrains_output(request) else plan.tools
-        if tools and (round_ < plan.max_steps or (round_ == 0 and plan.tool_choice)):
-            body["tools"] = [t.openai() for t in tools]
-            body["tool_choice"] = plan.tool_choice if round_ == 0 and plan.tool_choice else "auto"
-            body["parallel_tool_calls"] = True
-            if body["tool_choice"] != "auto":
-                # A forced round writes only the call: a budget meant for an answer must not cut it off.
-                for field in ("max_tokens", "max_completion_tokens"):
-                    if isinstance(body.get(field), int):
-                        body[field] = max(body[field], self.settings.forced_call_min_tokens)
+        if request.get("stream"):  # every round's token counts, for the trace and the client's budget
+            body["stream_options"] = {**(request.get("stream_options") or {}), "include_usage": True}
+        if not tools:
+            body["messages"] = self._answer_messages(plan) if round_ > 0 else plan.messages
+            return body
+        body["messages"] = plan.messages
+        body["tools"] = [t.openai() for t in tools]
+        body["tool_choice"] = plan.tool_choice if round_ == 0 and plan.tool_choice is not None else "auto"
+        body["parallel_tool_calls"] = True
+        # A tool round has its own budget, so a call always fits; an answer written in it must still fit
+        # the client's (checked when the round ends).
+        budget = answer_budget(request)
+        body.pop("max_completion_tokens", None)
+        body.pop("max_tokens", None)
+        if budget is not None:
+            body["max_tokens"] = max(budget, self.settings.tool_round_max_tokens)
         return body
 
-    async def generate(self, plan: AgentPlan, request: dict[str, Any]) -> AsyncIterator[dict[str, Any] | str]:
-        """Answer `plan` with the OpenAI body `request` (sampling fields, `stream`, ...): engine-shaped output.
+    def _answer_messages(self, plan: AgentPlan) -> list[dict[str, Any]]:
+        """The answer round's prompt: the persona without the tool listing, the conversation with what the
+        tool rounds found, and the instruction to answer now."""
+        messages = list(plan.messages)
+        if messages and messages[0].get("role") == "system":
+            messages = ([{"role": "system", "content": plan.persona}] if plan.persona else []) + messages[1:]
+        return [*messages, {"role": "user", "content": FINAL_ANSWER.render()}]
 
-        Yields one dict (response or error) without `stream`, else SSE strings, as the engine does.
-        """
-        if request.get("stream"):
-            async for event in self._generate_stream(plan, request):
-                yield event
-            return
-        for round_ in range(plan.max_steps + 2):
-            result: dict[str, Any] | None = None
-            body = self._engine_body(plan, request, round_)
-            async for item in self.llm.run(body):
-                if isinstance(item, dict):
-                    result = item
-            plan.usage.calls += 1
-            if result is None or "error" in result or not result.get("choices"):
-                yield result or {"error": {"message": "engine returned no output", "type": "server_error",
-                                           "param": None, "code": 500}}  # fmt: skip
-                return
-            plan.usage.add_openai(result.get("usage"))
-            message = result["choices"][0].get("message") or {}
-            text_call = None if message.get("tool_calls") else _written_call(message.get("content"), body)
-            if text_call is not None:  # a call the parser missed is still a call, not the answer
-                message["content"] = None
-                message["tool_calls"] = [text_call.openai()]
+    def _round_record(self, plan: AgentPlan, kind: str, round_: _Round, outcome: str) -> None:
+        usage = round_.usage or {}
+        plan.rounds.append(RoundRecord(
+            kind=kind, outcome=outcome, finish_reason=round_.finish_reason,
+            prompt_tokens=int(usage.get("prompt_tokens") or 0),
+            completion_tokens=int(usage.get("completion_tokens") or 0),
+        ))  # fmt: skip
+
+    async def generate(self, plan: AgentPlan, request: dict[str, Any]) -> AsyncIterator[dict[str, Any] | str]:
+        """Answer `plan` with the OpenAI body `request` (sampling fields, `stream`, `n`...): engine-shaped
+        output. Yields one dict (response or error) without `stream`, else SSE strings, as the engine does.
+        `n` > 1: each choice is its own agent run (its own tool rounds), run side by side."""
+        n = request.get("n") or 1
+        if isinstance(n, int) and n > 1:
+            async for item in self._generate_choices(plan, request, n):
+                yield item
+        elif request.get("stream"):
+            async for item in self._stream(plan, request):
+                yield item
+        else:
+            yield await self._complete(plan, request)
+
+    async def _run_engine(self, plan: AgentPlan, body: dict[str, Any]) -> dict[str, Any]:
+        result: dict[str, Any] | None = None
+        async for item in self.llm.run(body):
+            if isinstance(item, dict):
+                result = item
+        plan.usage.calls += 1
+        if result is None or (not result.get("choices") and "error" not in result):
+            return _engine_error("engine returned no output")
+        plan.usage.add_openai(result.get("usage"))
+        return result
+
+    async def _complete(self, plan: AgentPlan, request: dict[str, Any]) -> dict[str, Any]:
+        """One choice, not streamed."""
+        tools, budget = self._offered(plan, request), answer_budget(request)
+        round_ = 0
+        while self._tool_round(plan, tools, round_):
+            body = self._engine_body(plan, request, round_, tools)
+            result = await self._run_engine(plan, body)
+            if "error" in result:
+                return result
+            choice = result["choices"][0]
+            message = choice.get("message") or {}
+            record = _Round(finish_reason=choice.get("finish_reason"), usage=result.get("usage"))
+            guard = self._guard(plan, request)
+            content = message.get("content") or ""
+            shown = guard.feed(content) + guard.close(record.finish_reason == "length")
             calls = [
                 _Call(id=c.get("id", ""), name=(c.get("function") or {}).get("name", ""),
                       arguments=(c.get("function") or {}).get("arguments", ""), index=n)
                 for n, c in enumerate(message.get("tool_calls") or [])
             ]  # fmt: skip
-            client = [
-                message["tool_calls"][c.index] for c in calls if not self._is_builtin_name(plan, c.name)
-            ]
-            if calls and not client and "tools" in body:
-                await self._run_builtin_round(plan, message.get("content"), calls)
+            if not calls and guard.found:
+                written = await _parse_written(content, tools, plan.messages)
+                calls = [written] if written is not None else []
+            client = [c for c in calls if not self._is_builtin_name(plan, c.name)]
+            if client:  # built-in calls beside a client call are not the client's
+                self._round_record(plan, "tools", record, "client_calls")
+                message["tool_calls"] = [c.openai() for c in client]
+                message["content"] = shown.strip() or None
+                choice["finish_reason"] = "tool_calls"  # also for a forced (named) call
+                return self._finish(plan, result)
+            if calls:
+                ran = await self._run_builtin_round(plan, shown, calls)
+                self._round_record(plan, "tools", record, "builtin_calls" if ran else "repeated_calls")
+                if not ran:
+                    break
+                round_ += 1
                 continue
-            if client:
-                message["tool_calls"] = client  # built-in calls beside a client call are not the client's
-                result["choices"][0]["finish_reason"] = "tool_calls"  # also for a forced (named) call
-            elif calls:  # built-in calls past the last tool round: nothing for the client to run
-                message.pop("tool_calls")
-                result["choices"][0]["finish_reason"] = "stop"
-            elif "<tool_call>" in (message.get("content") or ""):
-                # A call cut off by max_tokens is not parsed: its markup is not part of the answer.
-                message["content"] = message["content"].split("<tool_call>", 1)[0].rstrip()
-            result["usage"] = plan.usage.openai()
-            yield result
-            return
+            failed = _round_failure(guard, record, budget)
+            self._round_record(plan, "tools", record, failed or "answer")
+            if failed:
+                break
+            message["content"] = shown
+            return self._finish(plan, result)
+        # The answer round: no tools; after tool rounds, with the instruction to answer from what there is.
+        result = await self._run_engine(plan, self._engine_body(plan, request, round_, []))
+        if "error" in result:
+            return result
+        choice = result["choices"][0]
+        message = choice.get("message") or {}
+        record = _Round(finish_reason=choice.get("finish_reason"), usage=result.get("usage"))
+        guard = self._guard(plan, request)
+        content = message.get("content") or ""
+        content = guard.feed(content) + guard.close(record.finish_reason == "length")
+        if guard.found and not content.strip() and not constrains_output(request):
+            content = NO_ANSWER  # under a requested format, an apology would break it: the text stays empty
+        self._round_record(plan, "answer", record, "call_text_dropped" if guard.found else "answer")
+        message.pop("tool_calls", None)
+        message["content"] = content
+        if choice.get("finish_reason") == "tool_calls":
+            choice["finish_reason"] = "stop"
+        return self._finish(plan, result)
 
-    async def _generate_stream(
-        self, plan: AgentPlan, request: dict[str, Any]
-    ) -> AsyncIterator[dict[str, Any] | str]:
-        """Relay the engine's chunks; built-in tool calls are held back, run, and the stream continues.
+    @staticmethod
+    def _finish(plan: AgentPlan, result: dict[str, Any]) -> dict[str, Any]:
+        result["usage"] = plan.usage.openai()
+        return result
 
-        A tool call's name arrives in its first delta, so each call is known to be built-in (held back) or
-        the client's (relayed, renumbered) before any of it is sent. An answer that opens like a call written
-        as text (`written_call_start`) is held back until that is decided, and if the whole answer is one,
-        it runs as a call as on the non-streaming path.
-        """
-        completion_id = ""
-        usage_chunk: dict[str, Any] | None = None
-        for round_ in range(plan.max_steps + 2):
-            calls: dict[int, _Call] = {}
-            relayed: dict[int, int] = {}  # engine tool-call index -> index the client sees
-            content: list[str] = []
-            finish: dict[str, Any] | None = None
-            plan.usage.calls += 1
-            body = self._engine_body(plan, request, round_)
-            offered = {t["function"]["name"] for t in body.get("tools", [])}
-            written: bool | None = None if offered else False  # None: may still be a call written as text
-            held: list[str] = []  # chunks kept back while `written` is not False
-            async for item in self.llm.run(body):
-                if isinstance(item, dict):  # an error before streaming began
-                    yield item
+    async def _stream(self, plan: AgentPlan, request: dict[str, Any]) -> AsyncIterator[dict[str, Any] | str]:
+        """One choice, streamed: answer text is relayed as it comes (through the guard), built-in calls are
+        held back and run, the client's calls are relayed as OpenAI `tool_calls` deltas."""
+        tools, budget = self._offered(plan, request), answer_budget(request)
+        # With a budget smaller than a tool round's, a tool round's answer is sent only once it is known to
+        # fit; otherwise it streams from its first token.
+        live = budget is None or budget >= self.settings.tool_round_max_tokens
+        state = _StreamState()
+        round_ = 0
+        while self._tool_round(plan, tools, round_):
+            body = self._engine_body(plan, request, round_, tools)
+            record, guard = _Round(), self._guard(plan, request)
+            async for out in self._stream_round(plan, body, record, guard, state, live):
+                yield out
+            if record.error:
+                return
+            if record.relayed:
+                self._round_record(plan, "tools", record, "client_calls")
+                if record.held:
+                    yield state.chunk({"content": "".join(record.held)})
+                async for out in self._stream_end(plan, request, state, "tool_calls"):
+                    yield out
+                return
+            calls = [c for c in record.calls.values() if self._is_builtin_name(plan, c.name)]
+            if not calls and guard.found and not state.shown:
+                written = await _parse_written(guard.text, tools, plan.messages)
+                if written is not None and not self._is_builtin_name(plan, written.name):
+                    self._round_record(plan, "tools", record, "client_calls")
+                    yield state.chunk({"tool_calls": [{"index": 0, **written.openai()}]})
+                    async for out in self._stream_end(plan, request, state, "tool_calls"):
+                        yield out
                     return
-                out: list[str] = []
-                for event in item.split("\n\n"):
-                    if not event.startswith("data: ") or event == "data: [DONE]":
-                        continue
-                    data = json.loads(event[6:])
+                calls = [written] if written is not None else []
+            if calls:
+                ran = await self._run_builtin_round(plan, guard.clean(), calls)
+                self._round_record(plan, "tools", record, "builtin_calls" if ran else "repeated_calls")
+                if not ran:
+                    break
+                round_ += 1
+                continue
+            failed = _round_failure(guard, record, budget)
+            self._round_record(plan, "tools", record, failed or "answer")
+            if failed:
+                break
+            if record.held:
+                yield state.chunk({"content": "".join(record.held)})
+            async for out in self._stream_end(plan, request, state, record.finish_reason or "stop"):
+                yield out
+            return
+        record, guard = _Round(), self._guard(plan, request)
+        async for out in self._stream_round(plan, self._engine_body(plan, request, round_, []), record, guard, state, True):
+            yield out
+        if record.error:
+            return
+        self._round_record(plan, "answer", record, "call_text_dropped" if guard.found else "answer")
+        if guard.found and not state.shown and not constrains_output(request):
+            yield state.chunk({"content": NO_ANSWER})
+        finish = "stop" if record.finish_reason in (None, "tool_calls") else record.finish_reason
+        async for out in self._stream_end(plan, request, state, finish):
+            yield out
+
+    async def _stream_round(
+        self,
+        plan: AgentPlan,
+        body: dict[str, Any],
+        record: _Round,
+        guard: CallTextGuard,
+        state: _StreamState,
+        live: bool,
+    ) -> AsyncIterator[dict[str, Any] | str]:
+        """Run one round streamed: relay what the client may see now, keep the rest in `record`."""
+        plan.usage.calls += 1
+        async for item in self.llm.run(body):
+            if isinstance(item, dict):  # an error before the engine began streaming
+                record.error = True
+                yield item if not state.started else f"data: {json.dumps(item)}\n\n"
+                return
+            out: list[str] = []
+            for data in _sse_data(item):
+                if "error" in data:
+                    record.error = True
+                    yield "".join(out) + f"data: {json.dumps(data)}\n\n"
+                    return
+                if not state.started:
+                    state.id, state.created = data.get("id", ""), int(data.get("created") or time.time())
+                    state.model = data.get("model", "")
+                    state.started = True
+                    out.append(state.chunk({"role": "assistant", "content": ""}))
+                if not data.get("choices"):  # the closing usage chunk (asked of the engine on every round)
+                    record.usage = data.get("usage")
+                    plan.usage.add_openai(record.usage)
+                    continue
+                choice = data["choices"][0]
+                delta = choice.get("delta") or {}
+                finish = choice.get("finish_reason")
+                client_deltas = []
+                for tc in delta.get("tool_calls") or []:
+                    call = record.calls.setdefault(tc.get("index", 0), _Call(index=tc.get("index", 0)))
+                    fn = tc.get("function") or {}
+                    call.id = tc.get("id") or call.id
+                    call.name = fn.get("name") or call.name
+                    call.arguments += fn.get("arguments") or ""
+                    if not self._is_builtin_name(plan, call.name):  # the name comes in the call's first delta
+                        relayed = record.relayed.setdefault(call.index, len(record.relayed))
+                        client_deltas.append({**tc, "index": relayed})
+                if client_deltas:
+                    out.append(state.chunk({"tool_calls": client_deltas}))
+                content = delta.get("content") or ""
+                shown = guard.feed(content)
+                if finish:
+                    record.finish_reason = finish
+                    shown += guard.close(truncated=finish == "length")
+                if shown and live:
+                    state.shown = True
+                    out.append(state.chunk({"content": shown}))
+                elif shown:
+                    record.held.append(shown)
+            if out:
+                yield "".join(out)
+
+    async def _stream_end(
+        self, plan: AgentPlan, request: dict[str, Any], state: _StreamState, finish_reason: str
+    ) -> AsyncIterator[str]:
+        yield state.chunk({}, finish_reason)
+        if (request.get("stream_options") or {}).get("include_usage"):
+            data = {"id": state.id, "object": "chat.completion.chunk", "created": state.created,
+                    "model": state.model, "choices": [], "usage": plan.usage.openai()}  # fmt: skip
+            yield f"data: {json.dumps(data)}\n\n"
+        yield "data: [DONE]\n\n"
+
+    async def _generate_choices(
+        self, plan: AgentPlan, request: dict[str, Any], n: int
+    ) -> AsyncIterator[dict[str, Any] | str]:
+        """`n` choices: `n` runs of the agent side by side, each with its own rounds; the trace and usage
+        add them up. Streamed, their chunks interleave with each choice's own `index`."""
+        runs = [plan.model_copy(deep=True) for _ in range(n)]
+        one = {**request, "n": 1}
+        if not request.get("stream"):
+            results = await asyncio.gather(*(self._complete(run, one) for run in runs))
+            self._merge_runs(plan, runs)
+            for result in results:
+                if "error" in result:
+                    yield result
+                    return
+            merged = results[0]
+            merged["choices"] = [r["choices"][0] | {"index": i} for i, r in enumerate(results)]
+            yield self._finish(plan, merged)
+            return
+        queue: asyncio.Queue[tuple[int, dict[str, Any] | str | None]] = asyncio.Queue()
+
+        async def pump(i: int, run: AgentPlan) -> None:
+            try:
+                async for item in self._stream(run, one):
+                    await queue.put((i, item))
+            finally:
+                await queue.put((i, None))
+
+        tasks = [asyncio.create_task(pump(i, run)) for i, run in enumerate(runs)]
+        try:
+            open_runs, completion_id, started = n, "", False
+            while open_runs:
+                i, item = await queue.get()
+                if item is None:
+                    open_runs -= 1
+                    continue
+                if isinstance(item, dict):  # an error
+                    yield item if not started else f"data: {json.dumps(item)}\n\n"
+                    return
+                out = []
+                for data in _sse_data(item):
                     if "error" in data:
-                        yield f"data: {json.dumps(data)}\n\n"
+                        yield "".join(out) + f"data: {json.dumps(data)}\n\n"
                         return
+                    if not data.get("choices"):
+                        continue  # each run's usage: the sum is sent once, at the end
                     completion_id = completion_id or data.get("id", "")
                     data["id"] = completion_id
-                    if not data.get("choices"):  # the closing usage chunk (stream_options.include_usage)
-                        plan.usage.add_openai(data.get("usage"))
-                        usage_chunk = data
-                        continue
-                    choice = data["choices"][0]
-                    delta = choice.get("delta") or {}
-                    deltas = []
-                    for tc in delta.get("tool_calls") or []:
-                        call = calls.setdefault(tc.get("index", 0), _Call(index=tc.get("index", 0)))
-                        fn = tc.get("function") or {}
-                        call.id = tc.get("id") or call.id
-                        call.name = fn.get("name") or call.name
-                        call.arguments += fn.get("arguments") or ""
-                        if not self._is_builtin_name(plan, call.name):
-                            relayed.setdefault(call.index, len(relayed))
-                            deltas.append({**tc, "index": relayed[call.index]})
-                    if "tool_calls" in delta:
-                        if not deltas and not delta.get("content") and not choice.get("finish_reason"):
-                            continue
-                        if deltas:
-                            delta["tool_calls"] = deltas
-                        else:
-                            del delta["tool_calls"]
-                    content.append(delta.get("content") or "")
-                    if written is None and (delta.get("content") or deltas):
-                        written = False if deltas else written_call_start("".join(content), offered)
-                        if written is False:
-                            out.extend(held)
-                            held.clear()
-                    if (
-                        round_ > 0
-                        and delta.get("role")
-                        and not delta.get("content")
-                        and "tool_calls" not in delta
-                    ):
-                        continue  # the next round's opening role chunk: the client already has one
-                    if choice.get("finish_reason"):
-                        finish = data
-                        continue
-                    if written is False or (not held and not delta.get("content")):
-                        out.append(f"data: {json.dumps(data)}\n\n")
-                    else:
-                        held.append(f"data: {json.dumps(data)}\n\n")
+                    for choice in data["choices"]:
+                        choice["index"] = i
+                    out.append(f"data: {json.dumps(data)}\n\n")
                 if out:
+                    started = True
                     yield "".join(out)
-            # Held to the end: the answer opened like a call written as text; run it as one if it is one.
-            text_call = _written_call("".join(content), body) if held else None
-            if held and text_call is None:
-                yield "".join(held)
-            elif text_call is not None and self._is_builtin_name(plan, text_call.name):
-                calls[0] = text_call
-            elif text_call is not None and finish is not None:
-                relayed[0] = 0
-                finish["choices"][0]["delta"] = {}  # vLLM puts the last token in it: part of the call
-                delta = {"tool_calls": [{"index": 0, **text_call.openai()}]}
-                chunk = {**finish, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
-                yield f"data: {json.dumps(chunk)}\n\n"
-            builtin = [c for c in calls.values() if self._is_builtin_name(plan, c.name)]
-            if builtin and not relayed and "tools" in body:
-                await self._run_builtin_round(plan, "" if text_call else "".join(content), builtin)
-                continue
-            if finish is not None:
-                # Built-in calls only: nothing for the client to run. A client call (forced ones too): tool_calls.
-                choice = finish["choices"][0]
-                if relayed:
-                    choice["finish_reason"] = "tool_calls"
-                elif choice.get("finish_reason") == "tool_calls":
-                    choice["finish_reason"] = "stop"
-                yield f"data: {json.dumps(finish)}\n\n"
-            break
-        if usage_chunk is not None:
-            usage_chunk["usage"] = plan.usage.openai()
-            yield f"data: {json.dumps(usage_chunk)}\n\n"
-        yield "data: [DONE]\n\n"
+            self._merge_runs(plan, runs)
+            if (request.get("stream_options") or {}).get("include_usage"):
+                data = {"id": completion_id, "object": "chat.completion.chunk", "choices": [],
+                        "usage": plan.usage.openai()}  # fmt: skip
+                yield f"data: {json.dumps(data)}\n\n"
+            yield "data: [DONE]\n\n"
+        finally:
+            for task in tasks:
+                task.cancel()
+
+    @staticmethod
+    def _merge_runs(plan: AgentPlan, runs: Sequence[AgentPlan]) -> None:
+        """The choices' runs into the request's plan: their steps, rounds and usage past what they share."""
+        base_steps, base = len(plan.steps), plan.usage.model_copy()
+        for i, run in enumerate(runs):
+            plan.steps.extend(run.steps[base_steps:])
+            plan.rounds.extend(r.model_copy(update={"choice": i}) for r in run.rounds)
+            plan.tool_llm_calls += run.tool_llm_calls
+            for field in ("prompt_tokens", "completion_tokens", "cached_tokens", "calls"):
+                added = getattr(run.usage, field) - getattr(base, field)
+                setattr(plan.usage, field, getattr(plan.usage, field) + added)
+        if runs:
+            plan.messages = runs[0].messages
 
     @staticmethod
     def _is_builtin_name(plan: AgentPlan, name: str) -> bool:
         return any(t.name == name and t.builtin for t in plan.tools)
 
-    async def _run_builtin_round(self, plan: AgentPlan, content: Any, calls: Sequence[_Call]) -> None:
-        """Run the round's built-in calls and extend the prompt; repeats only end the tool rounds."""
+    async def _run_builtin_round(self, plan: AgentPlan, content: Any, calls: Sequence[_Call]) -> bool:
+        """Run the round's built-in calls and extend the prompt. False: every call repeats an earlier one
+        (small models repeat themselves), nothing ran, and the tool rounds are over."""
         fresh = []
         seen = {_call_key(s.name, s.arguments) for s in plan.steps}
         for call in calls:
             arguments = _parse_arguments(call.arguments)
-            if _call_key(call.name, arguments) not in seen:  # small models repeat themselves
+            if _call_key(call.name, arguments) not in seen:
                 fresh.append((call, arguments))
         if not fresh:
-            plan.max_steps = 0  # the next round answers without tools
-            return
+            return False
         plan.tool_llm_calls += 1
         results = [await self._run_step(plan, call.name, arguments) for call, arguments in fresh]
         text = _text(content).strip()
@@ -608,6 +833,7 @@ class PersonaAgent:
                 {"role": "assistant", "content": said},
                 {"role": "user", "content": TOOL_CONTEXT.render(observations=_quoted(results))},
             ]
+        return True
 
     async def _run_step(self, plan: AgentPlan, name: str, arguments: dict[str, Any]) -> str:
         """Run a built-in tool; record it in the trace (clipped); return its result for the prompt."""

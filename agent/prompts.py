@@ -44,6 +44,21 @@ TOOL_CONTEXT = PromptTemplate(
 )
 
 
+FINAL_ANSWER = PromptTemplate(
+    name="final_answer",
+    version=1,
+    # The answer round after tool rounds: no tools are offered any more, and a small model that saw tool
+    # calls above would write another one as text.
+    text=(
+        "Now answer my latest request above directly, in plain text, using what you found. Do not call "
+        "tools and do not write JSON unless I asked for it."
+    ),
+)
+
+# Said when the answer round too wrote only a tool call (which is never shown to a client).
+NO_ANSWER = "Sorry, I could not find an answer to that."
+
+
 # The alignment prompts take every piece of user or model text as fenced data (`personaagent.quoting`):
 # a request, answer or persona that contains the fence or a template token stays inside it.
 ALIGN_FEEDBACK = PromptTemplate(

@@ -10,7 +10,8 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-from agent.core import PersonaAgent, normalize_conversation, written_call_start
+from agent.core import PersonaAgent, normalize_conversation
+from agent.written_calls import CallTextGuard
 from memory.records import DocumentHit, Interaction, MemoryHit, PersonaVersion, utcnow
 from personaagent.llm import LLM
 from personaagent.salts import CacheSalts
@@ -37,7 +38,8 @@ def call(name: str, arguments: dict[str, Any], n: int = 0) -> dict[str, Any]:
 
 
 class ScriptedEngine:
-    """Replies in order: a string is an answer, a list of tool calls is a tool-call turn."""
+    """Replies in order: a string is an answer, a list of tool calls is a tool-call turn, a (text, calls)
+    pair is both. An answer costs a token per word; a reply cut by the body's max_tokens ends "length"."""
 
     def __init__(self, replies: list[str | list[dict[str, Any]]]) -> None:
         self.replies = list(replies)
@@ -46,16 +48,24 @@ class ScriptedEngine:
     async def chat(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any] | str]:
         self.bodies.append(body)
         reply = self.replies.pop(0) if self.replies else "done"
-        calls = reply if isinstance(reply, list) else None
-        text = None if calls else reply
-        usage = {"prompt_tokens": 10, "completion_tokens": 3, "prompt_tokens_details": {"cached_tokens": 4}}
+        if isinstance(reply, tuple):
+            text, calls = reply
+        else:
+            calls = reply if isinstance(reply, list) else None
+            text = None if calls else reply
+        words = (text or "").split(" ")
+        budget = body.get("max_completion_tokens") or body.get("max_tokens")
+        finish = "tool_calls" if calls else "stop"
+        if text and budget is not None and len(words) > budget:
+            words, finish = words[:budget], "length"
+            text = " ".join(words)
+        tokens = 3 if calls else len(words)
+        usage = {"prompt_tokens": 10, "completion_tokens": tokens, "prompt_tokens_details": {"cached_tokens": 4}}
         if not body.get("stream"):
             message = {"role": "assistant", "content": text} | ({"tool_calls": calls} if calls else {})
             yield {
                 "id": f"r{len(self.bodies)}",
-                "choices": [
-                    {"index": 0, "message": message, "finish_reason": "tool_calls" if calls else "stop"}
-                ],
+                "choices": [{"index": 0, "message": message, "finish_reason": finish}],
                 "usage": usage,
             }
             return
@@ -68,6 +78,9 @@ class ScriptedEngine:
             return f"data: {json.dumps(data)}\n\n"
 
         yield event({"role": "assistant", "content": ""})
+        if text and calls:
+            for word in words:
+                yield event({"content": word + " "})
         if calls:
             for n, c in enumerate(calls):
                 fn = c["function"]
@@ -76,10 +89,9 @@ class ScriptedEngine:
                 yield event({"tool_calls": [{"index": n, "function": {"arguments": fn["arguments"]}}]})
             yield event({}, "tool_calls")
         else:
-            words = (text or "").split(" ")
             for word in words[:-1]:
                 yield event({"content": word + " "})
-            yield event({"content": words[-1]}, "stop")  # as vLLM: the last token comes with the finish
+            yield event({"content": words[-1]}, finish)  # as vLLM: the last token comes with the finish
         yield f"data: {json.dumps({'id': 'u', 'choices': [], 'usage': usage})}\n\n"
         yield "data: [DONE]\n\n"
 
@@ -229,8 +241,8 @@ async def test_forced_tool_applies_to_the_first_round_only() -> None:
     plan = await agent.prepare("u1", [{"role": "user", "content": "q"}], tool_choice=forced)
     await _respond(agent, plan, stream=False)
     assert engine.bodies[0]["tool_choice"] == forced and engine.bodies[1]["tool_choice"] == "auto"
-    # The forced round writes only the call: the answer's budget (8) does not cut it off.
-    assert engine.bodies[0]["max_tokens"] == 128 and engine.bodies[1]["max_tokens"] == 8
+    # Tool rounds have their own budget: the answer's (8) does not cut a call off.
+    assert engine.bodies[0]["max_tokens"] == 128 and engine.bodies[1]["max_tokens"] == 128
     # After the client's tool result comes back, the forced choice no longer applies.
     agent, engine, _ = _agent(["ok"], auto_memory_search=False)
     msgs = [{"role": "user", "content": "q"}, {"role": "assistant", "content": None,
@@ -303,8 +315,14 @@ async def test_requested_format_is_answered_without_builtin_tools_and_cut_calls_
     assert items[0]["choices"][0]["message"]["content"] == ""  # the cut-off call's markup is dropped
     agent, engine, _ = _agent(["ok"])
     plan = await agent.prepare("u1", [{"role": "user", "content": "q"}], client_tools=WEATHER)
-    [i async for i in agent.generate(plan, {"response_format": {"type": "json_object"}})]
-    assert [t["function"]["name"] for t in engine.bodies[0]["tools"]] == ["get_weather"]  # the client's stay
+    # A requested format wins over tools, the client's too (one rule): the formatted text is the answer,
+    # even a JSON object that names a tool, since the client's schema may ask for exactly that.
+    agent, engine, _ = _agent(['{"name": "get_weather", "arguments": {"city": "Paris"}}'])
+    plan = await agent.prepare("u1", [{"role": "user", "content": "q"}], client_tools=WEATHER)
+    items = [i async for i in agent.generate(plan, {"response_format": {"type": "json_object"}})]
+    assert "tools" not in engine.bodies[0] and len(engine.bodies) == 1
+    message = items[0]["choices"][0]["message"]
+    assert "tool_calls" not in message and json.loads(message["content"])["name"] == "get_weather"
 
 
 async def test_a_tool_call_written_as_json_text_is_run_as_a_call_not_returned_as_the_answer() -> None:
@@ -321,23 +339,38 @@ async def test_a_tool_call_written_as_json_text_is_run_as_a_call_not_returned_as
         answer, calls = await _respond(agent, plan, stream)
         assert answer.strip() == "answer with memories" and calls == [], (text, stream)
         assert memory.searches == ["films"] and "<tool_call>" in engine.bodies[1]["messages"][-2]["content"]
-    # Text that only looks like a call stays the answer: an unknown name, a cut-off call, JSON that is the
-    # answer itself, code.
+    # Text that only looks like a call stays the answer: an unknown name, JSON that is the answer itself,
+    # code.
     for text, stream in [
         (t, s)
-        for t in (
-            '{"name": "rm_rf", "arguments": {}}',
-            '{"name": "search_memory", "arguments": {"query":',
-            '{"title": "A Bayesian Approach"}',
-            "```python\nprint(1)\n```",
-            "sci-fi",
-        )
+        for t in ('{"name": "rm_rf", "arguments": {}}', '{"title": "A Bayesian Approach"}', "```python\nprint(1)\n```",
+                  "sci-fi")
         for s in (False, True)
     ]:
         agent, engine, memory = _agent([text], auto_memory_search=False)
         plan = await agent.prepare("u1", [{"role": "user", "content": "What do I like?"}])
         answer, calls = await _respond(agent, plan, stream)
         assert answer.strip() == text and calls == [] and memory.searches == [] and len(engine.bodies) == 1
+    # Call text that is not a whole, valid call never runs and is never the answer: a cut-off call, a
+    # description of a tool, arguments that break the tool's schema, extra keys. The answer round answers.
+    for text, stream in [
+        (t, s)
+        for t in (
+            '{"name": "search_memory", "arguments": {"query":',
+            '{"name": "get_weather", "description": "the weather in a city"}',
+            '{"name": "get_weather", "arguments": {}}',
+            '{"name": "search_memory", "arguments": {"query": "x"}, "then": "get_profile"}',
+            'I will look. {"name": "search_memory", "arguments": {"query": "x"}}',
+        )
+        for s in (False, True)
+    ]:
+        agent, engine, memory = _agent([text, "plain answer"], auto_memory_search=False)
+        plan = await agent.prepare("u1", [{"role": "user", "content": "weather?"}], client_tools=WEATHER)
+        answer, calls = await _respond(agent, plan, stream)
+        assert calls == [] and memory.searches == [], (text, stream)
+        assert answer.endswith("plain answer") and '"name"' not in answer, (text, stream, answer)
+        assert len(engine.bodies) == 2 and "tools" not in engine.bodies[1]
+        assert plan.rounds[0].outcome == "call_text" and plan.rounds[1].kind == "answer"
     # A client tool written as text reaches the client as an OpenAI tool call.
     for stream in (False, True):
         agent, engine, _ = _agent(['```json\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n```'])
@@ -347,15 +380,16 @@ async def test_a_tool_call_written_as_json_text_is_run_as_a_call_not_returned_as
         assert answer == "" and (calls[0] if stream else calls[0]["function"]) == expected
 
 
-def test_a_streamed_answer_is_held_back_only_while_it_could_be_a_written_call() -> None:
-    offered = {"search_memory", "get_profile"}
-    for text in ("", " ", "`", "```js", "```json\n{", "<too", '{"na', '{{ "name": "sea', '{"name": "get_'):
-        assert written_call_start(text, offered) is None, text
-    for text in ("The", '{"title', "```python", "<b>", '{"name": "rm', '{"name": "search_memoryx"'):
-        assert written_call_start(text, offered) is False, text
-    for text in (
-        '{"name": "get_profile"',
-        '```json\n{\n  "name": "search_memory",',
-        '<tools>{"name":"get_profile"',
-    ):
-        assert written_call_start(text, offered) is True, text
+def test_a_streamed_answer_is_held_back_only_while_it_could_be_call_text() -> None:
+    names = {"search_memory", "get_profile"}
+    for text in ("`", "```js", "```json\n{", "<too", '{"na', '{{ "name": "sea', '{"name": "get_', "[TOOL"):
+        guard = CallTextGuard(names)
+        assert guard.feed(text) == "" and not guard.found, text  # held: it could still open a call
+    for text in ("The", '{"title', "```python", "<b>", '{"name": "rm', '{"name": "search_memoryx"', "[link]"):
+        guard = CallTextGuard(names)
+        assert guard.feed(text) + guard.close(truncated=False) == text and not guard.found, text
+    for text in ('{"name": "get_profile"', '```json\n{\n  "name": "search_memory",', '<tools>{"name":"get_profile"',
+                 "Sure. <tool_call>", "[TOOL_CALLS]"):
+        guard = CallTextGuard(names)
+        shown = guard.feed(text)
+        assert guard.found and shown == text[: len(shown)] and "{" not in shown and "<" not in shown, text
