@@ -84,6 +84,9 @@ class AgentPlan(BaseModel):
     persona_version: int | None
     persona: str | None
     persona_tokens: int | None = None
+    persona_transient: str | None = Field(
+        None, description="why this request's persona is a stand-in, not stored (e.g. the profile was late)"
+    )
     messages: list[dict[str, Any]]
     tools: list[ToolSpec] = Field(default_factory=list)
     tool_choice: Any = Field(None, description="OpenAI tool_choice for the first round (named or required)")
@@ -110,6 +113,7 @@ class AgentPlan(BaseModel):
             "user": self.user_id,
             "persona_version": self.persona_version,
             "persona_tokens": self.persona_tokens,
+            "persona_transient": self.persona_transient,
             "tool_calls": [s.model_dump() for s in self.steps],
             "memory_ids": self.memory_ids,
             "llm_calls": self.usage.calls,
@@ -364,12 +368,14 @@ class PersonaAgent:
         cfg, switches = self.settings, options or AgentOptions()
         persona_version: int | None = None
         persona: str | None = None
+        transient: str | None = None
         if switches.persona:
             if persona_override is not None:
                 persona = persona_override
             else:
                 record = await self.memory.ensure_persona(user_id)
                 persona, persona_version = record.text, record.version
+                transient = record.details.get("transient")
 
         tools = list(BUILTIN_TOOLS) + client_tool_specs(client_tools) if switches.tools else []
         if not switches.memory:
@@ -379,6 +385,7 @@ class PersonaAgent:
             cache_salt=self.salts.user(user_id),
             persona_version=persona_version,
             persona=persona,
+            persona_transient=str(transient) if transient else None,
             messages=[],
             tools=tools,
             max_steps=cfg.max_steps if tools else 0,

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
+from alignment.job_errors import short_reason
 from alignment.jobs import AlignmentJob, JobStore
 from alignment.loop import AlignmentOutcome
 from memory.records import PersonaVersion, utcnow
@@ -23,14 +24,14 @@ logger = logging.getLogger(__name__)
 
 # (worker index, user id, persona text, persona version, injected failure after N calls) -> outcome
 AlignOnWorker = Callable[[int, str, str, int, int | None], Awaitable[AlignmentOutcome]]
+# How the loop waits out `round_wait_s` (a test passes one it controls instead of racing the clock).
+Sleep = Callable[[float], Awaitable[None]]
 
 
 class SchedulerMemory(Protocol):
     """What the queue needs from memory (a handle adapter in serving, a fake in unit tests)."""
 
-    async def user_exists(self, user_id: str) -> bool: ...
-    async def current_persona(self, user_id: str) -> PersonaVersion | None: ...
-    async def ensure_persona(self, user_id: str) -> PersonaVersion: ...
+    async def persona_for(self, user_id: str) -> PersonaVersion | None: ...
     async def set_persona_if_current(
         self, user_id: str, text: str, base_version: int, details: dict[str, Any]
     ) -> PersonaVersion | None: ...
@@ -58,12 +59,14 @@ class AlignmentScheduler:
         align: AlignOnWorker,
         workers: int,
         settings: AlignmentSettings,
+        sleep: Sleep = asyncio.sleep,
     ) -> None:
         self.jobs = jobs
         self.memory = memory
         self.align = align
         self.workers = workers
         self.settings = settings
+        self._sleep = sleep
         self.metrics = AlignmentMetrics()
         self._wakeup = asyncio.Event()
         self._faults: dict[str, int] = {}
@@ -107,7 +110,7 @@ class AlignmentScheduler:
     async def run_forever(self) -> None:
         while True:
             await self._wakeup.wait()
-            await asyncio.sleep(self.settings.round_wait_s)  # let the rest of a batch arrive
+            await self._sleep(self.settings.round_wait_s)  # let the rest of a batch arrive
             self._wakeup.clear()
             try:
                 while batch := self.jobs.queued()[: self.settings.round_size]:
@@ -140,7 +143,7 @@ class AlignmentScheduler:
         except Exception as exc:
             cause = getattr(exc, "cause", None) or exc  # Ray wraps a worker's error; keep the real one
             logger.warning("alignment job %s failed: %r", job.id, cause)
-            self._fail(job, f"{type(cause).__name__}: {cause}")
+            self._fail(job, short_reason(cause))  # the log above keeps the whole error
         else:
             if result is not None:
                 self.metrics.users.labels("accepted" if result.get("accepted") else "rejected").inc()
@@ -155,11 +158,11 @@ class AlignmentScheduler:
         self.jobs.update(job.id, "failed", error=error[:500])
 
     async def _align_and_store(self, n: int, job: AlignmentJob) -> dict[str, Any] | None:
-        if not await self.memory.user_exists(job.user_id):
-            return None  # deleted since it was queued: its row is gone and nothing may re-create the user
-        current = await self.memory.current_persona(job.user_id)
+        # The current persona, or the initial one created now; never re-creates a user deleted since the
+        # job was queued, nor while its initial persona is written (checked inside that write).
+        current = await self.memory.persona_for(job.user_id)
         if current is None:
-            current = await self.memory.ensure_persona(job.user_id)
+            return None  # deleted: its job row is gone too
         outcome = await self.align(
             n % self.workers, job.user_id, current.text, current.version, self._faults.get(job.id)
         )

@@ -6,7 +6,7 @@ Without `--url` it starts its own stack (README line 1's config, two API keys) a
 route is driven with generated cases, half with each key; it prints per-key counts of status classes,
 5xx and timeouts (target: 0 and 0) and writes them to `loadtests/results/fuzz.json`. Generated chat
 requests get `max_tokens` of at most 16, so a case cannot ask the CPU model for thousands of tokens.
-The suite's `tests/test_fuzz.py` runs the same driver with a small budget.
+The suite's `tests/stack/test_fuzz.py` runs the same driver with a small budget.
 """
 
 from __future__ import annotations

@@ -7,11 +7,29 @@ import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
-USER_ID_PATTERN = r"^[A-Za-z0-9._@+-]{1,128}$"
-USER_ID_RE = re.compile(USER_ID_PATTERN)
-UserId = Annotated[str, StringConstraints(pattern=USER_ID_PATTERN)]
+USER_ID_CHARS = r"[A-Za-z0-9._@+-]{1,128}"
+USER_ID_RE = re.compile(USER_ID_CHARS)
+# For JSON schemas and pydantic/FastAPI `pattern=`: pydantic checks it with Rust's regex, where `$` is the
+# end of the text. Python code checks ids with `is_valid_user_id`, never with this pattern: Python's `$`
+# also matches before a final newline, so `re.match` of it takes "bob\n".
+USER_ID_PATTERN = rf"^{USER_ID_CHARS}$"
+
+
+def is_valid_user_id(value: object) -> bool:
+    """The one user id check: 1-128 characters of [A-Za-z0-9._@+-], the whole string."""
+    return isinstance(value, str) and USER_ID_RE.fullmatch(value) is not None
+
+
+def _checked_user_id(value: str) -> str:
+    if not is_valid_user_id(value):
+        raise ValueError("user id: 1-128 characters of [A-Za-z0-9._@+-]")
+    return value
+
+
+# The pattern documents the id in schemas; the validator makes the check `is_valid_user_id` itself.
+UserId = Annotated[str, StringConstraints(pattern=USER_ID_PATTERN), AfterValidator(_checked_user_id)]
 
 Source = Literal["import", "chat", "feedback", "eval"]
 
@@ -40,6 +58,11 @@ class InteractionIn(BaseModel):
 
 class StorageQuotaExceeded(Exception):
     """A write would take a user past `memory.max_items_per_user` or `memory.max_bytes_per_user`."""
+
+
+class UserDeleted(Exception):
+    """The user was deleted (and perhaps re-created) after this write's operation began: the write is
+    refused, so an operation that started before a DELETE never brings the user back."""
 
 
 class ImportRefused(BaseModel):

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -23,7 +26,10 @@ from memory.records import (
     PersonaVersion,
     Profile,
     Source,
+    StorageQuotaExceeded,
+    UserDeleted,
     UserExport,
+    utcnow,
 )
 from memory.store import SQLiteStore, Store
 from personaagent.settings import MemorySettings, Priority, Settings
@@ -44,6 +50,14 @@ class PersonaRules(Protocol):
 def embedding_text(item: InteractionIn | Interaction) -> str:
     """What an interaction is retrieved by: its input, and its answer/label when known."""
     return f"{item.input}\n{item.output}" if item.output else item.input
+
+
+@dataclass
+class _UserLock:
+    """A per-user lock and how many callers hold or wait for it: dropped when nobody does."""
+
+    lock: asyncio.Lock
+    users: int = 0
 
 
 class MemoryService:
@@ -69,7 +83,9 @@ class MemoryService:
         self.persona_rules = persona_rules
         self.alignment_due_every = alignment_due_every
         self._profile_tasks: dict[str, asyncio.Task[Profile | None]] = {}
-        self._persona_locks: dict[str, asyncio.Lock] = {}
+        self._persona_locks: dict[str, _UserLock] = {}
+        if index.loader is None:  # an index that outlives its RAM slot reloads from the store
+            index.loader = store.user_embeddings
         self.rebuild_index()
 
     @classmethod
@@ -81,7 +97,9 @@ class MemoryService:
     ) -> MemoryService:
         db_path = Path(settings.data_dir) / settings.memory.db_filename
         embedder = Embedder(batch_size=settings.memory.embed_batch_size)
-        index = EpisodicIndex(embedder.dim, settings.memory.device)
+        index = EpisodicIndex(
+            embedder.dim, settings.memory.device, max_users=settings.memory.index_cache_users
+        )
         documents = DocumentIndex(db_path, embedder.dim)
         return cls(
             SQLiteStore(db_path), embedder, index, settings.memory, profile_writer, documents,
@@ -93,8 +111,9 @@ class MemoryService:
         """The index is derived data: rebuild it from the embeddings stored in the database."""
         for user_id in self.index.users():
             self.index.remove_user(user_id)
-        for user_id, ids, vectors in self.store.iter_embeddings():
-            self.index.add(user_id, ids, vectors)
+        # Up to the cache's size: the rest load on their first search.
+        for user_id, ids, vectors in itertools.islice(self.store.iter_embeddings(), self.index.max_users):
+            self.index.load(user_id, ids, vectors)
         total = self.index.total()
         logger.info("episodic index rebuilt from the database: %d vectors on %s", total, self.index.device)
         return total
@@ -102,14 +121,37 @@ class MemoryService:
     # -- writes ------------------------------------------------------------------------------------
 
     def add_interactions_sync(
-        self, user_id: str, items: Sequence[InteractionIn], source: Source, vectors: np.ndarray | None = None
+        self,
+        user_id: str,
+        items: Sequence[InteractionIn],
+        source: Source,
+        vectors: np.ndarray | None = None,
+        generation: int | None = None,
     ) -> list[int]:
+        """`generation` None: an explicit import (creates the user); else the write is refused with
+        `UserDeleted` when the user is no longer that incarnation (see `memory.store`)."""
         if vectors is None:
             vectors = self.embedder.encode([embedding_text(i) for i in items])
         quota = (self.settings.max_items_per_user, self.settings.max_bytes_per_user)
-        ids = self.store.add_interactions(user_id, items, vectors, source, quota)  # committed here
+        ids = self.store.add_interactions(user_id, items, vectors, source, quota, generation)  # committed
         self.index.add(user_id, np.asarray(ids, dtype=np.int64), vectors)
         return ids
+
+    async def record_chat(self, user_id: str, item: InteractionIn) -> int | None:
+        """Write a chat back; dropped (None, logged) when the user was deleted before or while it is
+        written (the check is inside the write), or when it would pass the user's quota."""
+        generation = self.store.user_generation(user_id)
+        if generation is None:
+            return None
+        try:
+            ids = await asyncio.to_thread(
+                self.add_interactions_sync, user_id, [item], "chat", None, generation
+            )
+        except (UserDeleted, StorageQuotaExceeded) as exc:
+            logger.warning("chat write-back for %s dropped: %s", user_id, exc)
+            return None
+        self.maybe_refresh_profile(user_id)
+        return ids[0]
 
     def delete_user(self, user_id: str) -> bool:
         existed = self.store.delete_user(user_id)
@@ -117,6 +159,7 @@ class MemoryService:
         task = self._profile_tasks.pop(user_id, None)
         if task is not None:
             task.cancel()
+        self._persona_locks.pop(user_id, None)  # a holder finishes on its own; its write is refused
         return existed
 
     # -- reads -------------------------------------------------------------------------------------
@@ -191,17 +234,22 @@ class MemoryService:
 
     async def _write_profile(self, user_id: str, priority: int) -> Profile | None:
         assert self.profile_writer is not None
+        generation = self.store.user_generation(user_id)
+        if generation is None:
+            return None
         recent = self.store.list_interactions(user_id, limit=200)
         text = await self.profile_writer.write(user_id, recent, priority)
-        if not self.user_exists(user_id):  # erased while the LLM was writing: do not resurrect
+        try:  # erased while the LLM was writing: refused inside the write, never resurrected
+            return self.store.add_profile(
+                user_id,
+                text,
+                len(recent),
+                self.profile_writer.prompt_ref,
+                keep=self.settings.max_profile_versions,
+                generation=generation,
+            )
+        except UserDeleted:
             return None
-        return self.store.add_profile(
-            user_id,
-            text,
-            len(recent),
-            self.profile_writer.prompt_ref,
-            keep=self.settings.max_profile_versions,
-        )
 
     def maybe_refresh_profile(self, user_id: str) -> None:
         """Start a background profile refresh when the user has none yet or N new interactions."""
@@ -222,32 +270,100 @@ class MemoryService:
     def _keep_personas(self) -> int:
         return self.settings.max_persona_versions
 
-    def _persona_lock(self, user_id: str) -> asyncio.Lock:
-        return self._persona_locks.setdefault(user_id, asyncio.Lock())
+    @asynccontextmanager
+    async def _persona_lock(self, user_id: str) -> AsyncIterator[None]:
+        """One initial persona per user at a time; the lock is dropped once nobody holds or awaits it, so
+        the map holds only users with a persona being created (bounded by concurrent requests)."""
+        entry = self._persona_locks.get(user_id)
+        if entry is None:
+            entry = self._persona_locks[user_id] = _UserLock(asyncio.Lock())
+        entry.users += 1
+        try:
+            async with entry.lock:
+                yield
+        finally:
+            entry.users -= 1
+            if entry.users == 0 and self._persona_locks.get(user_id) is entry:
+                del self._persona_locks[user_id]
 
     def current_persona(self, user_id: str) -> PersonaVersion | None:
         versions = self.store.list_personas(user_id)
         return versions[-1] if versions else None
 
     async def ensure_persona(self, user_id: str) -> PersonaVersion:
-        """The user's current persona; a user seen for the first time gets one from their history."""
+        """A chat's persona: the current one; a user seen for the first time gets one from their history.
+
+        A new chat is an explicit start, so it creates the user. It waits for the profile at most
+        `memory.persona_profile_wait_s`: past that (or when the profile write fails) the chat gets a
+        transient persona, version 0, written without the profile and not stored. Not stored, because a
+        stored profile-less persona would stay the user's persona for good, while the profile write goes
+        on (shared, in the background) and the next chat after it lands stores the real initial persona.
+        The same transient persona answers a chat whose user was deleted while it waited."""
+        rules = self._rules()
+        current = self.current_persona(user_id)
+        if current is not None:  # every chat but a user's first: reads only, no write transaction
+            return current
+        generation = self.store.user_generation(user_id)
+        if generation is None:
+            generation = self.store.open_user(user_id)
+        persona = await self._initial_persona(user_id, generation, self.settings.persona_profile_wait_s)
+        if isinstance(persona, PersonaVersion):
+            return persona
+        text, prompt_ref = rules.initial(None)
+        return PersonaVersion(
+            user_id=user_id, version=0, text=text, reason="init", parent=None, created_at=utcnow(),
+            details={"prompt": prompt_ref, "profile_version": None, "transient": persona},
+        )  # fmt: skip
+
+    async def persona_for(self, user_id: str) -> PersonaVersion | None:
+        """An explicit request's persona (POST .../persona, an alignment): the current one, else the
+        initial one from the profile, waited for in full. Never creates the user: None when there is no
+        such user, or it was deleted meanwhile."""
+        self._rules()
+        generation = self.store.user_generation(user_id)
+        if generation is None:
+            return None
+        persona = await self._initial_persona(user_id, generation, None)
+        return persona if isinstance(persona, PersonaVersion) else None
+
+    def _rules(self) -> PersonaRules:
         if self.persona_rules is None:
             raise RuntimeError("no persona rules configured")
+        return self.persona_rules
+
+    async def _initial_persona(
+        self, user_id: str, generation: int, wait_s: float | None
+    ) -> PersonaVersion | str:
+        """The current persona, or the initial one stored now; otherwise why not (a transient's reason)."""
+        rules = self._rules()
         async with self._persona_lock(user_id):
             current = self.current_persona(user_id)
             if current is not None:
                 return current
-            self.store.ensure_user(user_id)
             profile = self.store.latest_profile(user_id)
             if (
                 profile is None
                 and self.profile_writer is not None
                 and self.store.list_interactions(user_id, limit=1)
             ):
-                profile = await self.refresh_profile(user_id, background=False)
-            text, prompt_ref = self.persona_rules.initial(profile.text if profile else None)
+                refresh = self.refresh_profile(user_id, background=False)
+                try:  # the shared write goes on after a timeout (refresh_profile shields it)
+                    profile = await (refresh if wait_s is None else asyncio.wait_for(refresh, wait_s))
+                except Exception as exc:
+                    if wait_s is None:
+                        raise  # an explicit request reports the failure
+                    reason = "profile pending" if isinstance(exc, TimeoutError) else "profile failed"
+                    logger.warning("%s for %s (%r): transient persona", reason, user_id, exc)
+                    return reason
+            text, prompt_ref = rules.initial(profile.text if profile else None)
             details = {"profile_version": profile.version if profile else None, "prompt": prompt_ref}
-            return self.store.add_persona(user_id, text, "init", None, details, keep=self._keep_personas)
+            try:
+                return self.store.add_persona(
+                    user_id, text, "init", None, details, keep=self._keep_personas, generation=generation
+                )
+            except UserDeleted:
+                logger.info("user %s deleted while their first persona was written: not stored", user_id)
+                return "user deleted"
 
     def set_persona(
         self,
@@ -258,12 +374,15 @@ class MemoryService:
         parent: int | None = None,
     ) -> PersonaVersion | None:
         current = self.current_persona(user_id)
-        if current is None and not self.user_exists(user_id):
-            return None
         if self.persona_rules is not None:
             text = self.persona_rules.bound(text)
         parent = parent if parent is not None else (current.version if current else None)
-        return self.store.add_persona(user_id, text, reason, parent, details or {}, keep=self._keep_personas)
+        try:  # never creates the user: refused inside the write when there is none
+            return self.store.add_persona(
+                user_id, text, reason, parent, details or {}, keep=self._keep_personas
+            )
+        except UserDeleted:
+            return None
 
     def set_persona_if_current(
         self, user_id: str, text: str, base_version: int, details: dict[str, Any]
@@ -284,9 +403,17 @@ class MemoryService:
         target = next((p for p in self.store.list_personas(user_id) if p.version == version), None)
         if target is None:
             return None
-        return self.store.add_persona(
-            user_id, target.text, "rollback", version, {"rolled_back_to": version}, keep=self._keep_personas
-        )
+        try:
+            return self.store.add_persona(
+                user_id,
+                target.text,
+                "rollback",
+                version,
+                {"rolled_back_to": version},
+                keep=self._keep_personas,
+            )
+        except UserDeleted:
+            return None
 
     # -- ground truth and analytics ----------------------------------------------------------------
 

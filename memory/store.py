@@ -5,6 +5,12 @@ Every write runs in one transaction and is committed before the method returns, 
 acknowledges after calling it never acknowledges a write that a crash could lose (WAL, synchronous=FULL).
 Embeddings are stored beside each interaction: the FAISS index is derived data that can be rebuilt from
 the database alone, without re-embedding.
+
+Delete is final: every user id has a generation (`user_generations`, kept after the delete; it holds only
+the id and a counter) that a delete increments. Only an explicit start (an import, a new chat) creates a
+user; every other write names the generation its operation began with and is refused (`UserDeleted`)
+inside its own transaction when the user is gone or is a newer incarnation, so an operation that began
+before a DELETE never re-creates the user.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from memory.records import (
     Profile,
     Source,
     StorageQuotaExceeded,
+    UserDeleted,
     UserRecord,
     utcnow,
 )
@@ -69,6 +76,10 @@ CREATE TABLE IF NOT EXISTS personas (
     details TEXT NOT NULL,
     PRIMARY KEY (user_id, version)
 );
+CREATE TABLE IF NOT EXISTS user_generations (
+    user_id TEXT PRIMARY KEY,
+    generation INTEGER NOT NULL
+);
 """
 
 
@@ -82,15 +93,25 @@ class Store(Protocol):
         embeddings: np.ndarray,
         source: Source,
         quota: tuple[int, int] | None = None,
+        generation: int | None = None,
     ) -> list[int]: ...
     def get_user(self, user_id: str) -> UserRecord | None: ...
     def ensure_user(self, user_id: str) -> UserRecord: ...
+    def open_user(self, user_id: str) -> int: ...
+    def user_generation(self, user_id: str) -> int | None: ...
     def list_user_ids(self) -> list[str]: ...
     def get_interactions(self, ids: Sequence[int]) -> list[Interaction]: ...
     def list_interactions(self, user_id: str, limit: int | None = None) -> list[Interaction]: ...
+    def user_embeddings(self, user_id: str) -> tuple[np.ndarray, np.ndarray]: ...
     def iter_embeddings(self) -> Iterator[tuple[str, np.ndarray, np.ndarray]]: ...
     def add_profile(
-        self, user_id: str, text: str, covered: int, prompt: str, keep: int | None = None
+        self,
+        user_id: str,
+        text: str,
+        covered: int,
+        prompt: str,
+        keep: int | None = None,
+        generation: int | None = None,
     ) -> Profile: ...
     def latest_profile(self, user_id: str) -> Profile | None: ...
     def list_profiles(self, user_id: str) -> list[Profile]: ...
@@ -102,6 +123,7 @@ class Store(Protocol):
         parent: int | None,
         details: dict[str, Any],
         keep: int | None = None,
+        generation: int | None = None,
     ) -> PersonaVersion: ...
     def list_personas(self, user_id: str) -> list[PersonaVersion]: ...
     def delete_user(self, user_id: str) -> bool: ...
@@ -145,12 +167,6 @@ def _keep_newest(conn: sqlite3.Connection, table: str, user_id: str, version: in
         conn.execute(f"DELETE FROM {table} WHERE user_id = ? AND version <= ?", (user_id, version - keep))
 
 
-def _keep_newest(conn: sqlite3.Connection, table: str, user_id: str, version: int, keep: int | None) -> None:
-    """Version retention: only the newest `keep` versions of the user's rows in `table` stay."""
-    if keep is not None:
-        conn.execute(f"DELETE FROM {table} WHERE user_id = ? AND version <= ?", (user_id, version - keep))
-
-
 def _ts(value: datetime) -> str:
     return value.isoformat()
 
@@ -170,10 +186,38 @@ class SQLiteStore:
 
     # -- users -------------------------------------------------------------------------------------
 
-    def _ensure_user(self, conn: sqlite3.Connection, user_id: str) -> None:
+    @staticmethod
+    def _generation(conn: sqlite3.Connection, user_id: str) -> int:
+        row = conn.execute("SELECT generation FROM user_generations WHERE user_id = ?", (user_id,)).fetchone()
+        return int(row[0]) if row else 0
+
+    def _ensure_user(self, conn: sqlite3.Connection, user_id: str) -> int:
+        """An explicit start (import, new chat): create the user if missing; its generation."""
         conn.execute(
             "INSERT OR IGNORE INTO users(user_id, created_at) VALUES (?, ?)", (user_id, _ts(utcnow()))
         )
+        return self._generation(conn, user_id)
+
+    def _require_user(self, conn: sqlite3.Connection, user_id: str, generation: int | None) -> None:
+        """Any other write: the user must exist and, given `generation`, be the incarnation it began with.
+        Checked inside the write's transaction, so a DELETE cannot slip between the check and the write."""
+        exists = conn.execute("SELECT 1 FROM users WHERE user_id = ?", (user_id,)).fetchone() is not None
+        if not exists or (generation is not None and self._generation(conn, user_id) != generation):
+            raise UserDeleted(f"user '{user_id}' was deleted")
+
+    def open_user(self, user_id: str) -> int:
+        """Create the user if missing (an explicit start); the generation later writes must name."""
+        with self._tx() as conn:
+            return self._ensure_user(conn, user_id)
+
+    def user_generation(self, user_id: str) -> int | None:
+        """The existing user's generation; None when there is no such user."""
+        rows = self._query(  # one statement: the row and its generation from one snapshot
+            "SELECT COALESCE((SELECT g.generation FROM user_generations g WHERE g.user_id = u.user_id), 0)"
+            " FROM users u WHERE u.user_id = ?",
+            (user_id,),
+        )
+        return int(rows[0][0]) if rows else None
 
     def get_user(self, user_id: str) -> UserRecord | None:
         rows = self._query("SELECT * FROM users WHERE user_id = ?", (user_id,))
@@ -194,6 +238,12 @@ class SQLiteStore:
             for table in ("interactions", "profiles", "personas"):
                 conn.execute(f"DELETE FROM {table} WHERE user_id = ?", (user_id,))
             deleted = conn.execute("DELETE FROM users WHERE user_id = ?", (user_id,)).rowcount
+            if deleted:  # writes begun before this delete name the old generation: they will be refused
+                conn.execute(
+                    "INSERT INTO user_generations(user_id, generation) VALUES (?, 1)"
+                    " ON CONFLICT(user_id) DO UPDATE SET generation = user_generations.generation + 1",
+                    (user_id,),
+                )
         return deleted > 0
 
     # -- interactions ------------------------------------------------------------------------------
@@ -205,17 +255,23 @@ class SQLiteStore:
         embeddings: np.ndarray,
         source: Source,
         quota: tuple[int, int] | None = None,
+        generation: int | None = None,
     ) -> list[int]:
         """Insert in one transaction. `quota`: (max items, max bytes) the user may hold afterwards; checked
-        inside the transaction, so concurrent writes cannot pass it together."""
+        inside the transaction, so concurrent writes cannot pass it together. `generation` None: an
+        explicit import, which creates the user; else (a chat write-back) the user's generation when the
+        chat began, and `UserDeleted` if it changed."""
         if len(items) != len(embeddings):
             raise ValueError("one embedding per interaction")
         now = _ts(utcnow())
         ids: list[int] = []
         with self._tx() as conn:
+            if generation is None:
+                self._ensure_user(conn, user_id)
+            else:
+                self._require_user(conn, user_id, generation)
             if quota is not None:
                 _check_quota(conn, user_id, items, *quota)
-            self._ensure_user(conn, user_id)
             for item, vector in zip(items, embeddings, strict=True):
                 cur = conn.execute(
                     "INSERT INTO interactions(user_id, input, output, timestamp, metadata, source, created_at,"
@@ -271,17 +327,20 @@ class SQLiteStore:
             params.append(limit)
         return [self._interaction(r) for r in self._query(sql, params)]
 
+    def user_embeddings(self, user_id: str) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, vectors) of one user's interactions in id order: what their index is (re)loaded from."""
+        rows = self._query("SELECT id, embedding FROM interactions WHERE user_id = ? ORDER BY id", (user_id,))
+        ids = np.fromiter((r["id"] for r in rows), dtype=np.int64, count=len(rows))
+        if not rows:
+            return ids, np.zeros((0, 0), dtype=np.float32)
+        return ids, np.stack([np.frombuffer(r["embedding"], dtype=np.float32) for r in rows])
+
     def iter_embeddings(self) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
         """(user_id, ids, vectors) per user: everything the index needs to rebuild itself."""
         for user_id in self.list_user_ids():
-            rows = self._query(
-                "SELECT id, embedding FROM interactions WHERE user_id = ? ORDER BY id", (user_id,)
-            )
-            if not rows:
-                continue
-            ids = np.fromiter((r["id"] for r in rows), dtype=np.int64, count=len(rows))
-            vectors = np.stack([np.frombuffer(r["embedding"], dtype=np.float32) for r in rows])
-            yield user_id, ids, vectors
+            ids, vectors = self.user_embeddings(user_id)
+            if len(ids):
+                yield user_id, ids, vectors
 
     @staticmethod
     def _next_version(conn: sqlite3.Connection, table: str, user_id: str) -> int:
@@ -306,21 +365,24 @@ class SQLiteStore:
         with self._tx() as conn:
             if completion_id is not None:
                 row = conn.execute(
-                    "SELECT id FROM interactions WHERE user_id = ? AND json_extract(metadata, '$.completion_id') = ?",
+                    "SELECT id, output FROM interactions WHERE user_id = ?"
+                    " AND json_extract(metadata, '$.completion_id') = ?",
                     (user_id, completion_id),
                 ).fetchone()
             else:
                 row = conn.execute(
-                    "SELECT id FROM interactions WHERE user_id = ? AND input = ? ORDER BY id DESC LIMIT 1",
+                    "SELECT id, output FROM interactions WHERE user_id = ? AND input = ? ORDER BY id DESC LIMIT 1",
                     (user_id, input_text),
                 ).fetchone()
             if row is None:
                 return None
             conn.execute("UPDATE interactions SET output = ? WHERE id = ?", (expected_output, row["id"]))
-            conn.execute(
-                "UPDATE users SET ground_truth_since_alignment = ground_truth_since_alignment + 1 WHERE user_id = ?",
-                (user_id,),
-            )
+            if row["output"] is None:  # one ground truth per interaction: a re-post corrects, never recounts
+                conn.execute(
+                    "UPDATE users SET ground_truth_since_alignment = ground_truth_since_alignment + 1"
+                    " WHERE user_id = ?",
+                    (user_id,),
+                )
         return self.get_interactions([row["id"]])[0]
 
     def take_alignment_due(self, user_id: str, every: int) -> bool:
@@ -344,12 +406,19 @@ class SQLiteStore:
     # -- semantic memory ---------------------------------------------------------------------------
 
     def add_profile(
-        self, user_id: str, text: str, covered: int, prompt: str, keep: int | None = None
+        self,
+        user_id: str,
+        text: str,
+        covered: int,
+        prompt: str,
+        keep: int | None = None,
+        generation: int | None = None,
     ) -> Profile:
-        """A new profile version; `keep`: how many versions stay (the oldest beyond it go)."""
+        """A new profile version of an existing user (`UserDeleted` otherwise, or when `generation` is
+        given and changed); `keep`: how many versions stay (the oldest beyond it go)."""
         now = utcnow()
         with self._tx() as conn:
-            self._ensure_user(conn, user_id)
+            self._require_user(conn, user_id, generation)
             version = self._next_version(conn, "profiles", user_id)
             conn.execute(
                 "INSERT INTO profiles(user_id, version, text, interactions_covered, prompt, created_at)"
@@ -387,11 +456,13 @@ class SQLiteStore:
         parent: int | None,
         details: dict[str, Any],
         keep: int | None = None,
+        generation: int | None = None,
     ) -> PersonaVersion:
-        """A new persona version; `keep`: how many versions stay (the oldest beyond it go)."""
+        """A new persona version of an existing user (`UserDeleted` otherwise, or when `generation` is
+        given and changed); `keep`: how many versions stay (the oldest beyond it go)."""
         now = utcnow()
         with self._tx() as conn:
-            self._ensure_user(conn, user_id)
+            self._require_user(conn, user_id, generation)
             version = self._next_version(conn, "personas", user_id)
             conn.execute(
                 "INSERT INTO personas(user_id, version, text, reason, parent, created_at, details)"

@@ -146,6 +146,18 @@ class MemorySettings(BaseModel):
     max_profile_versions: int = Field(
         10, ge=1, description="profile versions kept per user (oldest go first)"
     )
+    persona_profile_wait_s: float = Field(
+        2.0,
+        ge=0,
+        description="how long a user's first chat waits for their profile; past it (or when the profile "
+        "write fails) the chat answers with a transient profile-less persona, stored nothing",
+    )
+    index_cache_users: int = Field(
+        10_000,
+        ge=1,
+        description="users whose episodic index stays in RAM (least recently used evicted; an evicted "
+        "user's index reloads from the stored embeddings on their next search)",
+    )
     num_replicas: int = Field(1, ge=1)
     placement_resource: str | None = Field(
         None,
@@ -174,11 +186,11 @@ class AgentSettings(BaseModel):
     )
     memory_k: int = Field(4, ge=1, le=50)
     document_k: int = Field(3, ge=1, le=20)
-    forced_call_min_tokens: int = Field(
+    tool_round_max_tokens: int = Field(
         128,
         ge=16,
-        description="token budget of a generation whose tool_choice forces a call (the call is "
-        "all it writes), when the request's max_tokens is smaller",
+        description="token budget of a generation that offers tools when the request's max_tokens is "
+        "smaller (a call must fit); the answer itself stays within the request's max_tokens",
     )
     observation_chars: int = Field(1200, ge=100, description="per tool result, in the prompt")
     trace_result_chars: int = Field(200, ge=20, description="per tool result, in the response trace")

@@ -14,6 +14,7 @@ import secrets
 from fastapi import Request
 from pydantic import BaseModel
 
+from memory.records import is_valid_user_id
 from personaagent.settings import AuthSettings
 from serving.errors import APIError
 
@@ -39,6 +40,13 @@ def new_key() -> str:
 
 class Authenticator:
     def __init__(self, settings: AuthSettings) -> None:
+        for key in settings.api_keys:
+            # A key scoped to an id no route accepts could act as nobody: refuse the config at start.
+            if key.user_id is not None and not is_valid_user_id(key.user_id):
+                raise ValueError(
+                    f"auth.api_keys: key {key.name!r} has user_id {key.user_id!r}; a user id is 1-128 "
+                    "characters of [A-Za-z0-9._@+-]"
+                )
         self._by_hash = {k.sha256: Principal(name=k.name, user_id=k.user_id) for k in settings.api_keys}
         self._open_paths = OPEN_PATHS | ({"/metrics"} if settings.metrics_open else set())
 

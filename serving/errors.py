@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import uuid
 from typing import Any
 
@@ -14,6 +15,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from vllm.exceptions import VLLMClientError, VLLMNotFoundError
 
 logger = logging.getLogger(__name__)
+
+_VALIDATOR_LOC = re.compile(r"function-(wrap|after|before|plain)\[")
 
 _TYPE_BY_STATUS = {
     400: "invalid_request_error",
@@ -101,9 +104,11 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     first = errors[0]
     if first.get("type") == "json_invalid":
         return "request body is not valid JSON", None
-    if tuple(first.get("loc", ())) == ("body",):
+    kind = str(first.get("type", ""))
+    if tuple(first.get("loc", ())) == ("body",) and (kind == "missing" or kind.endswith("_type")):
         return "request body must be a JSON object", None
-    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+    # Pydantic names validator functions in a loc ("function-wrap[__log_extra_fields__()]"): not a field.
+    loc = [str(p) for p in first.get("loc", ()) if p != "body" and not _VALIDATOR_LOC.match(str(p))]
     param = ".".join(loc) or None
     msg = str(first.get("msg", "invalid value"))
     return (f"{param}: {msg}" if param else msg), param

@@ -10,7 +10,6 @@ from typing import Any
 from fastapi import Depends, FastAPI, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
 
 from personaagent.salts import CacheSalts
 from personaagent.settings import Settings
@@ -18,6 +17,7 @@ from serving.alignment_routes import build_alignment_router
 from serving.auth import Authenticator, principal_of, require_admin, require_user
 from serving.backend import ChatBackend
 from serving.backpressure import AdmissionMiddleware, InflightCounts
+from serving.chat_request import ChatRequest
 from serving.errors import (
     ERROR_RESPONSES,
     APIError,
@@ -137,7 +137,7 @@ def build_http_app(
         responses={200: {"content": {"application/json": {}, "text/event-stream": {}},
                          "description": "a chat completion, or its chunks as server-sent events"}},
     )  # fmt: skip
-    async def chat_completions(request: ChatCompletionRequest, raw_request: Request) -> Response:
+    async def chat_completions(request: ChatRequest, raw_request: Request) -> Response:
         if not request.messages:
             raise APIError(400, "messages: must contain at least one message", param="messages")
         if len(request.messages) > settings.server.max_messages:
@@ -167,6 +167,10 @@ def build_http_app(
         # Forward the client's JSON as sent: vLLM's request validators rewrite fields (response_format ->
         # structured_outputs), so a dump of the validated model would not validate the same way again.
         body = await raw_request.json()
+        if cap is not None and request.max_tokens is None and request.max_completion_tokens is None:
+            # The cap bounds every request: one that names no limit gets the cap, not the rest of the
+            # context. Never above the context itself, which vLLM refuses as a max_tokens.
+            body["max_tokens"] = min(cap, settings.engine.max_model_len)
         if request.priority < 0:
             # vLLM runs lower values first: only an admin may put a request ahead of everyone's chat.
             require_admin(raw_request, "priority: values below 0 need an admin API key", param="priority")

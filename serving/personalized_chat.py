@@ -8,14 +8,14 @@ from fastapi import Response
 from pydantic import ValidationError
 
 from agent.core import AgentOptions, AgentPlan, PersonaAgent, last_user_text
-from memory.records import USER_ID_RE, InteractionIn
+from memory.records import InteractionIn, is_valid_user_id
 from serving.errors import APIError
 from serving.ports import MemoryPort, TokenCounter
 from serving.relay import relay_chat
 
 
 def check_user_id(user_id: Any) -> str:
-    if not isinstance(user_id, str) or not USER_ID_RE.match(user_id):
+    if not is_valid_user_id(user_id):
         raise APIError(400, "user: 1-128 characters of [A-Za-z0-9._@+-]", param="user")
     return user_id
 
@@ -59,8 +59,9 @@ class PersonalizedChat:
         return self._persona_tokens[key]
 
     async def record(
-        self, user_id: str, question: str, answer: str, completion_id: str, plan: AgentPlan
+        self, user_id: str, question: str, answer: str, completion_id: str, plan: AgentPlan, choice: int = 0
     ) -> None:
+        """Write one choice's answer back (each of `n` choices is an interaction of its own)."""
         if not self.write_back or not question.strip():
             return
         item = InteractionIn(
@@ -69,7 +70,8 @@ class PersonalizedChat:
                 "completion_id": completion_id,
                 "answer": answer,
                 "persona_version": plan.persona_version,
-            },
+            }
+            | ({"choice": choice} if choice else {}),
         )
         await self.memory.record_chat(user_id, item)
 
@@ -90,37 +92,41 @@ class PersonalizedChat:
 
 class _AgentRelayHooks:
     """The relay hooks of one personalized chat: the trace goes on the response (on the first streamed
-    chunk, and again on the finishing one, since tool rounds run while streaming); the answer is written
-    back unless the model handed a tool call to the client."""
+    chunk, and again on each finishing one, since tool rounds run while streaming); each choice's answer is
+    written back on its own, unless the model handed that choice's tool call to the client."""
 
     def __init__(self, chat: PersonalizedChat, plan: AgentPlan, user_id: str, question: str) -> None:
         self.chat, self.plan, self.user_id, self.question = chat, plan, user_id, question
-        self.parts: list[str] = []
+        self.parts: dict[int, list[str]] = {}
+        self.finish: dict[int, str] = {}
         self.completion_id = ""
         self.traced = False
-        self.called_client_tool = False
 
     async def on_response(self, response: dict[str, Any]) -> None:
         response["persona_agent"] = self.plan.trace()
-        choice = response["choices"][0]
-        if choice.get("finish_reason") != "tool_calls":
-            answer = choice["message"].get("content") or ""
-            await self.chat.record(self.user_id, self.question, answer, response["id"], self.plan)
+        for choice in response["choices"]:
+            if choice.get("finish_reason") != "tool_calls":
+                answer = choice["message"].get("content") or ""
+                await self.chat.record(
+                    self.user_id, self.question, answer, response["id"], self.plan, choice.get("index", 0)
+                )
 
     def on_event(self, data: dict[str, Any]) -> dict[str, Any] | None:
         self.completion_id = self.completion_id or data.get("id", "")
         finished = False
         for choice in data.get("choices") or []:
-            self.parts.append((choice.get("delta") or {}).get("content") or "")
-            self.called_client_tool |= choice.get("finish_reason") == "tool_calls"
-            finished |= bool(choice.get("finish_reason"))
+            index = choice.get("index", 0)
+            self.parts.setdefault(index, []).append((choice.get("delta") or {}).get("content") or "")
+            if choice.get("finish_reason"):
+                self.finish[index] = choice["finish_reason"]
+                finished = True
         if self.traced and not finished:
             return None
         self.traced = True
         return data | {"persona_agent": self.plan.trace()}
 
     async def on_stream_end(self) -> None:
-        if not self.called_client_tool:
-            await self.chat.record(
-                self.user_id, self.question, "".join(self.parts), self.completion_id, self.plan
-            )
+        for index, parts in sorted(self.parts.items()):
+            if self.finish.get(index) != "tool_calls":
+                answer = "".join(parts)
+                await self.chat.record(self.user_id, self.question, answer, self.completion_id, self.plan, index)

@@ -166,9 +166,11 @@ def build_user_router(
         summary="Create the initial persona now (from the profile), or return the current one",
     )
     async def create_persona(user_id: UserIdPath) -> PersonaVersion:
-        if not await memory.user_exists(user_id):
+        # Never creates the user: one deleted before or during this request stays deleted (404).
+        persona = await memory.persona_for(user_id)
+        if persona is None:
             raise _not_found(user_id)
-        return await memory.ensure_persona(user_id)
+        return persona
 
     @router.put("/{user_id}/persona", response_model=PersonaVersion, summary="Edit the persona (new version)")
     async def put_persona(user_id: UserIdPath, edit: PersonaEdit) -> PersonaVersion:

@@ -86,6 +86,9 @@ class MemoryHandle:
     async def ensure_persona(self, user_id: str) -> PersonaVersion:
         return await self._memory.ensure_persona.remote(user_id)
 
+    async def persona_for(self, user_id: str) -> PersonaVersion | None:
+        return await self._memory.persona_for.remote(user_id)
+
     async def current_persona(self, user_id: str) -> PersonaVersion | None:
         return await self._memory.current_persona.remote(user_id)
 

@@ -25,6 +25,7 @@ from memory.records import (
     Profile,
     Source,
     StorageQuotaExceeded,
+    UserDeleted,
     UserExport,
 )
 from memory.service import MemoryService, embedding_text
@@ -70,21 +71,24 @@ class MemoryDeployment:
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)
     async def _import_batch(
-        self, requests: list[tuple[str, list[InteractionIn], Source]]
+        self, requests: list[tuple[str, list[InteractionIn], Source, int | None]]
     ) -> list[list[int] | ImportRefused]:
+        """Each request: (user, items, source, generation: None for an import, else the chat's)."""
         svc = self.service
-        texts = [embedding_text(item) for _, items, _ in requests for item in items]
+        texts = [embedding_text(item) for _, items, _, _ in requests for item in items]
         vectors = await asyncio.to_thread(svc.embedder.encode, texts)
         results: list[list[int] | ImportRefused] = []
         offset = 0
-        for user_id, items, source in requests:
+        for user_id, items, source, generation in requests:
             chunk = vectors[offset : offset + len(items)]
             offset += len(items)
             try:  # one user's refusal must not fail the others batched with it
                 results.append(
-                    await asyncio.to_thread(svc.add_interactions_sync, user_id, items, source, chunk)
+                    await asyncio.to_thread(
+                        svc.add_interactions_sync, user_id, items, source, chunk, generation
+                    )
                 )
-            except StorageQuotaExceeded as exc:
+            except (StorageQuotaExceeded, UserDeleted) as exc:
                 results.append(ImportRefused(message=str(exc)))
         return results
 
@@ -93,7 +97,7 @@ class MemoryDeployment:
     async def import_interactions(
         self, user_id: str, items: list[InteractionIn], source: Source = "import"
     ) -> list[int] | ImportRefused:
-        ids = await self._import_batch((user_id, items, source))
+        ids = await self._import_batch((user_id, items, source, None))
         if not isinstance(ids, ImportRefused):
             self.service.maybe_refresh_profile(user_id)
         return ids
@@ -123,6 +127,9 @@ class MemoryDeployment:
     async def ensure_persona(self, user_id: str) -> PersonaVersion:
         return await self.service.ensure_persona(user_id)
 
+    async def persona_for(self, user_id: str) -> PersonaVersion | None:
+        return await self.service.persona_for(user_id)
+
     async def persona_history(self, user_id: str) -> list[PersonaVersion] | None:
         return self.service.persona_history(user_id)
 
@@ -145,10 +152,13 @@ class MemoryDeployment:
 
     async def record_chat(self, user_id: str, item: InteractionIn) -> int | None:
         """Write a chat back; dropped (None) when the user was deleted while the chat ran: a chat creates
-        its user when it starts (the persona), so only a delete can make the user vanish before this."""
-        if not self.service.user_exists(user_id):
+        its user when it starts (the persona), so only a delete can make the user vanish before this. The
+        generation taken here is checked inside the write, so a delete during the embedding counts too
+        (`MemoryService.record_chat` is the same path without the batching)."""
+        generation = self.service.store.user_generation(user_id)
+        if generation is None:
             return None
-        ids = await self._import_batch((user_id, [item], "chat"))
+        ids = await self._import_batch((user_id, [item], "chat", generation))
         if isinstance(ids, ImportRefused):
             logger.warning("chat write-back dropped: %s", ids.message)
             return None

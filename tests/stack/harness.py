@@ -72,6 +72,9 @@ def stack_env(port: int, data_dir: Path) -> dict[str, str]:
         PERSONAAGENT_AGENT__TRACE_FINAL_PROMPT="true",
         # Tests run concurrent requests with the one admin key; the per-key share has its unit tests.
         PERSONAAGENT_SERVER__MAX_INFLIGHT_SHARE_PER_KEY="1.0",
+        # A first chat waits for its user's profile at most this long (2 s by default, then a stand-in
+        # persona): the tests that check the stored persona after a first chat need the wait on a busy CPU.
+        PERSONAAGENT_MEMORY__PERSONA_PROFILE_WAIT_S="120",
         PYTHONUNBUFFERED="1",
     )
     return env

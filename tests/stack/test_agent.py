@@ -248,3 +248,102 @@ def test_persona_prefix_is_cached_per_request(stack: Stack) -> None:
     assert persona_tokens >= 256, "the test persona must span several cache blocks"
     # The first request may warm the cache; every later one reuses at least the persona's tokens.
     assert all(g >= persona_tokens for g in growth[1:]), (growth, persona_tokens)
+
+
+# Every tool name the stack's agent knows, for the "no call text in an answer" checks below.
+CALL_NAMES = {"search_memory", "get_profile", "search_documents", "get_weather"}
+
+
+def test_a_forced_call_ends_in_an_answer_without_call_text_within_max_tokens(
+    stack: Stack, two_users: dict[str, list[int]]
+) -> None:
+    """The model must call (a named tool), then gets tool rounds, then answers: never with call text, and
+    `max_tokens` is the answer's own budget whatever the rounds before it wrote."""
+    from agent.written_calls import contains_call_text
+
+    client = stack.openai()
+    forced = {"type": "function", "function": {"name": "search_memory"}}
+    # vLLM's request model wants a named `tool_choice` among `tools`: the client lists the built-in tool by
+    # name (a client tool that clashes with a built-in is dropped, so the built-in runs).
+    weather = [{"type": "function", "function": {"name": "search_memory", "parameters": {"type": "object"}}}]
+    for stream in (False, True):
+        kwargs = dict(
+            model=MODEL, user="ag-romance", messages=[{"role": "user", "content": "Say hi."}], max_tokens=8,
+            tool_choice=forced, tools=weather, temperature=0,
+        )  # fmt: skip
+        if stream:
+            chunks = list(client.chat.completions.create(stream=True, **kwargs))
+            text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+            finish = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+            trace = (chunks[-1].model_extra or {})["persona_agent"]
+        else:
+            resp = client.chat.completions.create(**kwargs)
+            text, finish = resp.choices[0].message.content or "", [resp.choices[0].finish_reason]
+            trace = (resp.model_extra or {})["persona_agent"]
+            assert resp.choices[0].message.tool_calls is None
+        assert text.strip() and not contains_call_text(text, CALL_NAMES, truncated=True), (stream, text)
+        assert finish in (["stop"], ["length"]), finish
+        rounds = trace["rounds"]
+        assert rounds[0]["kind"] == "tools" and rounds[0]["outcome"] == "builtin_calls"
+        assert trace["tool_calls"][1]["name"] == "search_memory"  # [0] is the priming search
+        answer_round = rounds[-1]
+        assert answer_round["completion_tokens"] <= 8, rounds
+        assert answer_round["outcome"] in {"answer", "call_text_dropped"}
+
+
+def test_n_choices_personalized_each_finish_and_each_is_written_back(stack: Stack) -> None:
+    user = "ag-n2"
+    with stack.http() as http:
+        http.post(f"/v1/users/{user}/interactions", json=ROMANCE[:2]).raise_for_status()
+    client = stack.openai()
+    chunks = list(client.chat.completions.create(
+        model=MODEL, user=user, messages=[{"role": "user", "content": "Name a film."}], max_tokens=6, n=2,
+        stream=True, temperature=1.0, seed=3,
+    ))  # fmt: skip
+    finishes = {c.choices[0].index: c.choices[0].finish_reason for c in chunks
+                if c.choices and c.choices[0].finish_reason}  # fmt: skip
+    texts = {i: "".join(c.choices[0].delta.content or "" for c in chunks if c.choices and c.choices[0].index == i)
+             for i in (0, 1)}  # fmt: skip
+    assert set(finishes) == {0, 1} and all(f in {"stop", "length"} for f in finishes.values())
+    assert all(texts.values()), texts
+    resp = client.chat.completions.create(
+        model=MODEL, user=user, messages=[{"role": "user", "content": "Name a book."}], max_tokens=6, n=2
+    )
+    assert [c.index for c in resp.choices] == [0, 1] and all(c.message.content for c in resp.choices)
+    with stack.http() as http:
+        written = [i for i in http.get(f"/v1/users/{user}/export").json()["interactions"]
+                   if i["source"] == "chat"]  # fmt: skip
+    answers = sorted((i["input"], i["metadata"]["answer"]) for i in written)
+    expected = sorted([("Name a film.", texts[0]), ("Name a film.", texts[1])]
+                      + [("Name a book.", c.message.content) for c in resp.choices])  # fmt: skip
+    assert answers == expected
+
+
+def test_a_degenerate_answer_never_holds_up_the_ingress(stack: Stack, two_users: dict[str, list[int]]) -> None:
+    """A personalized answer forced to a code fence and a long run of spaces (small models degenerate into
+    these) is read in linear time: /health answers quickly throughout."""
+    import threading
+
+    spaces = 1200
+    done = threading.Event()
+    health: list[float] = []
+
+    def poll() -> None:
+        with stack.http() as http:
+            while not done.is_set():
+                start = time.perf_counter()
+                assert http.get("/health").status_code == 200
+                health.append(time.perf_counter() - start)
+
+    poller = threading.Thread(target=poll)
+    poller.start()
+    try:
+        resp = stack.openai().chat.completions.create(
+            model=MODEL, user="ag-romance", messages=[{"role": "user", "content": "hi"}], max_tokens=spaces + 8,
+            extra_body={"structured_outputs": {"regex": "```" + " {" + str(spaces) + "}done"}},
+        )  # fmt: skip
+    finally:
+        done.set()
+        poller.join()
+    assert resp.choices[0].message.content == "```" + " " * spaces + "done"
+    assert health and max(health) < 2.0, max(health)

@@ -22,13 +22,9 @@ class FakeMemory:
         self.fail_write_for = set(fail_write_for)
         self.personas: dict[str, PersonaVersion] = {}
 
-    async def user_exists(self, user_id: str) -> bool:
-        return user_id in self.users
-
-    async def current_persona(self, user_id: str) -> PersonaVersion | None:
-        return self.personas.get(user_id)
-
-    async def ensure_persona(self, user_id: str) -> PersonaVersion:
+    async def persona_for(self, user_id: str) -> PersonaVersion | None:
+        if user_id not in self.users:
+            return None
         first = PersonaVersion(
             user_id=user_id, version=1, text="p", reason="init", parent=None, created_at=utcnow()
         )
@@ -47,10 +43,10 @@ class FakeMemory:
 
 
 def _scheduler(
-    tmp_path: Path, memory: FakeMemory, align: Any, **settings: Any
+    tmp_path: Path, memory: FakeMemory, align: Any, sleep: Any = asyncio.sleep, **settings: Any
 ) -> tuple[AlignmentScheduler, JobStore]:
     jobs = JobStore(tmp_path / "jobs.db")
-    return AlignmentScheduler(jobs, memory, align, 2, AlignmentSettings(**settings)), jobs
+    return AlignmentScheduler(jobs, memory, align, 2, AlignmentSettings(**settings), sleep=sleep), jobs
 
 
 def _accepting(cancelled: list[str] | None = None, slow: set[str] = frozenset()) -> Any:  # type: ignore[assignment]
@@ -135,21 +131,36 @@ def test_retention_must_be_positive(days: float) -> None:
 
 
 async def test_jobs_queued_together_form_one_round(tmp_path: Path) -> None:
-    """A batch arriving over a few requests is one round, not a round of the first job plus the rest."""
+    """A batch arriving over a few requests is one round, not a round of the first job plus the rest.
+
+    The loop's batch wait is a sleep this test controls: the round wait "ends" only once every job is
+    queued, however slowly a busy machine runs the enqueues (no 20 ms sleeps racing a 0.3 s window)."""
     users = [f"u{i}" for i in range(5)]
-    scheduler, jobs = _scheduler(tmp_path, FakeMemory(set(users)), _accepting(), round_wait_s=0.3)
+    waits: list[float] = []
+    waiting, wait_over = asyncio.Event(), asyncio.Event()
+
+    async def batch_wait(seconds: float) -> None:
+        waits.append(seconds)
+        waiting.set()
+        await wait_over.wait()
+
+    scheduler, jobs = _scheduler(
+        tmp_path, FakeMemory(set(users)), _accepting(), sleep=batch_wait, round_wait_s=0.3
+    )
     loop = asyncio.create_task(scheduler.run_forever())
     try:
-        queued = []
-        for user in users:  # as the evaluation's POSTs arrive: one after another, a little apart
+        queued = [await scheduler.enqueue(users[0], "forced")]
+        await asyncio.wait_for(waiting.wait(), timeout=30)  # the first job woke the loop: it is waiting
+        for user in users[1:]:  # as the evaluation's POSTs arrive: one after another, within the wait
             queued.append(await scheduler.enqueue(user, "forced"))
-            await asyncio.sleep(0.02)
-        for _ in range(200):
+        wait_over.set()
+        for _ in range(3000):
             if all(jobs.get(j.id).state == "done" for j in queued):  # type: ignore[union-attr]
                 break
-            await asyncio.sleep(0.02)
+            await asyncio.sleep(0.01)
         assert all(jobs.get(j.id).state == "done" for j in queued)  # type: ignore[union-attr]
         assert scheduler.metrics.rounds._value.get() == 1
+        assert waits == [0.3]  # the one wait was the configured round wait
     finally:
         loop.cancel()
 

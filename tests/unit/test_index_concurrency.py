@@ -54,3 +54,41 @@ def test_concurrent_adds_and_searches_return_only_the_users_well_formed_rows() -
     assert len(added) == 10_000 and index.total() == 10_050
     hits = index.search("hammered", np.random.default_rng(9).standard_normal((1, DIM)).astype(np.float32), 5)
     assert len(hits[0]) == 5 and all(i in added for i, _ in hits[0])
+
+
+def test_one_row_adds_grow_the_id_map_amortized_not_by_copying_it_each_time() -> None:
+    """An import written row by row copied the whole id array per add (O(n^2)); the map doubles instead."""
+    from memory.vectors import FlatVectorIndex
+
+    index = FlatVectorIndex(DIM)
+    rng = np.random.default_rng(1)
+    vectors = rng.standard_normal((4000, DIM)).astype(np.float32)
+    buffers: list[np.ndarray] = []  # kept alive, so each new buffer is a new object
+    for i in range(len(vectors)):
+        index.add(np.array([1000 + i]), vectors[i : i + 1])
+        if not buffers or buffers[-1] is not index._ids:
+            buffers.append(index._ids)
+    assert len(buffers) <= 16, len(buffers)  # ~log2(4000) reallocations, not 4000
+    for i in (0, 1, 1999, 3999):  # every row still answers with its own id
+        assert index.search(vectors[i], 1)[0][0][0] == 1000 + i
+    assert index.ntotal == 4000
+
+
+def test_an_evicted_users_index_reloads_from_the_loader() -> None:
+    rng = np.random.default_rng(2)
+    stored = {
+        u: (np.arange(n * 10, n * 10 + 5), rng.standard_normal((5, DIM)).astype(np.float32))
+        for n, u in enumerate("abc")
+    }
+    loads: list[str] = []
+
+    def loader(user_id: str) -> tuple[np.ndarray, np.ndarray]:
+        loads.append(user_id)
+        return stored.get(user_id, (np.zeros(0, dtype=np.int64), np.zeros((0, DIM), dtype=np.float32)))
+
+    index = EpisodicIndex(DIM, "cpu", max_users=2, loader=loader)
+    query = rng.standard_normal((1, DIM)).astype(np.float32)
+    first = {u: index.search(u, query, 3) for u in "abc"}
+    assert index.users() == ["b", "c"] and loads == ["a", "b", "c"]
+    assert index.search("a", query, 3) == first["a"] and loads[-1] == "a"  # reloaded, same top-k
+    assert index.search("nobody", query, 3) == [[]] and "nobody" not in index.users()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ import pytest
 
 from memory.embedder import Embedder
 from memory.index import EpisodicIndex
-from memory.records import Interaction, InteractionIn, StorageQuotaExceeded
+from memory.records import Interaction, InteractionIn, StorageQuotaExceeded, UserDeleted
 from memory.service import MemoryService
 from memory.store import SQLiteStore
 from personaagent.settings import MemorySettings, Priority
@@ -36,9 +37,10 @@ def embedder() -> Embedder:
     return Embedder()
 
 
-def open_service(path: Path, embedder: Embedder, writer: Any = None, **limits: Any) -> MemoryService:
+def open_service(path: Path, embedder: Any, writer: Any = None, **limits: Any) -> MemoryService:
     settings = MemorySettings(device="cpu", **limits)
-    return MemoryService(SQLiteStore(path), embedder, EpisodicIndex(embedder.dim, "cpu"), settings, writer)
+    index = EpisodicIndex(embedder.dim, "cpu", max_users=settings.index_cache_users)
+    return MemoryService(SQLiteStore(path), embedder, index, settings, writer)
 
 
 @pytest.fixture
@@ -254,3 +256,228 @@ def test_a_user_is_due_once_per_k_ground_truths(tmp_path: Path, embedder: Embedd
     svc.add_interactions_sync("dee", _items(["q2"], "a"), "import")
     assert svc.take_alignment_due("dee") and not svc.take_alignment_due("dee")
     svc.close()
+
+
+# -- issue #22: a delete holds; a slow or failing profile never fails or blocks a chat; bounded memory ---
+
+
+class Rules:
+    """Persona rules as the agent hands them over, minus the agent (memory never imports it)."""
+
+    def initial(self, profile_text: str | None) -> tuple[str, str]:
+        return (f"persona from: {profile_text}" if profile_text else "persona without profile"), "init@test"
+
+    def bound(self, text: str) -> str:
+        return text
+
+
+class GateWriter:
+    """A profile writer the test steers: `entered` once it is writing; it finishes when `release` is set
+    (or raises `error`); never released, it never finishes."""
+
+    prompt_ref = "profile_summary@test"
+
+    def __init__(self, error: Exception | None = None) -> None:
+        self.entered = asyncio.Event()
+        self.release = asyncio.Event()
+        self.error = error
+
+    async def write(self, user_id: str, interactions: Sequence[Interaction], priority: int) -> str:
+        self.entered.set()
+        if self.error is not None:
+            raise self.error
+        await self.release.wait()
+        return f"profile of {user_id}"
+
+
+def _persona_service(tmp_path: Path, embedder: Any, writer: Any, **limits: Any) -> MemoryService:
+    svc = open_service(tmp_path / "m.db", embedder, writer, profile_on_import=False, **limits)
+    svc.persona_rules = Rules()
+    return svc
+
+
+async def test_a_delete_during_the_first_chats_profile_wait_holds(tmp_path: Path, embedder: Embedder) -> None:
+    """History without profile -> first chat waits on the profile -> DELETE: nothing brings the user back."""
+    writer = GateWriter()
+    svc = _persona_service(tmp_path, embedder, writer, persona_profile_wait_s=60)
+    try:
+        svc.add_interactions_sync("vic", _items(ROMANCE), "import")
+        chat = asyncio.create_task(svc.ensure_persona("vic"))
+        await asyncio.wait_for(writer.entered.wait(), timeout=30)  # the chat waits on the profile now
+        assert svc.delete_user("vic") is True
+        writer.release.set()
+        persona = await asyncio.wait_for(chat, timeout=30)
+        assert persona.version == 0 and persona.details["transient"] == "user deleted"  # the chat answers
+        assert await svc.record_chat("vic", InteractionIn(input="hi")) is None  # its write-back is dropped
+        assert svc.export("vic") is None and svc.store.user_generation("vic") is None
+        assert svc.store.list_profiles("vic") == [] and svc._persona_locks == {}
+        # A new chat that starts after the delete is an explicit start: a new, empty user.
+        again = await svc.ensure_persona("vic")
+        assert again.version == 1 and again.details["profile_version"] is None
+        assert svc.export("vic") is not None and svc.store.list_interactions("vic") == []
+    finally:
+        svc.close()
+
+
+async def test_an_explicit_persona_request_racing_a_delete_creates_nothing(
+    tmp_path: Path, embedder: Embedder
+) -> None:
+    """POST /persona and an alignment's setup (`persona_for`) never create the user, even mid-wait."""
+    writer = GateWriter()
+    svc = _persona_service(tmp_path, embedder, writer)
+    try:
+        assert await svc.persona_for("nobody") is None and svc.export("nobody") is None
+        svc.add_interactions_sync("val", _items(VIOLENCE), "import")
+        request = asyncio.create_task(svc.persona_for("val"))
+        await asyncio.wait_for(writer.entered.wait(), timeout=30)
+        svc.delete_user("val")
+        writer.release.set()
+        assert await asyncio.wait_for(request, timeout=30) is None
+        assert svc.export("val") is None
+    finally:
+        svc.close()
+
+
+class GatedEmbedder:
+    """The real embedder behind a gate: `encode` signals `entered`, then waits for `release` (threads)."""
+
+    def __init__(self, inner: Embedder) -> None:
+        self.inner, self.dim = inner, inner.dim
+        self.entered, self.release = threading.Event(), threading.Event()
+        self.release.set()
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        self.entered.set()
+        assert self.release.wait(timeout=60)
+        return self.inner.encode(texts)
+
+
+async def test_a_delete_during_a_chat_write_back_holds(tmp_path: Path, embedder: Embedder) -> None:
+    gated = GatedEmbedder(embedder)
+    svc = open_service(tmp_path / "w.db", gated, profile_on_import=False)
+    try:
+        svc.add_interactions_sync("wes", _items(ROMANCE), "import")
+        gated.entered.clear()
+        gated.release.clear()
+        write = asyncio.create_task(svc.record_chat("wes", InteractionIn(input=SECRET)))
+        assert await asyncio.to_thread(gated.entered.wait, 30)  # the write-back is embedding its text
+        assert svc.delete_user("wes") is True
+        gated.release.set()
+        assert await asyncio.wait_for(write, timeout=60) is None
+        assert svc.export("wes") is None and svc.store.list_interactions("wes") == []
+        assert svc.search_vectors("wes", embedder.encode([SECRET]), k=4)[0] == []
+    finally:
+        svc.close()
+
+
+def test_a_write_begun_before_a_delete_never_reaches_a_new_incarnation(
+    tmp_path: Path, embedder: Embedder
+) -> None:
+    store = SQLiteStore(tmp_path / "g.db")
+    try:
+        vec = embedder.encode(["x"])
+        store.add_interactions("gil", _items(["x"]), vec, "import")
+        began = store.user_generation("gil")
+        assert began is not None
+        assert store.delete_user("gil") is True
+        with pytest.raises(UserDeleted):  # gone: no implicit write re-creates the user
+            store.add_persona("gil", "p", "init", None, {}, generation=began)
+        with pytest.raises(UserDeleted):
+            store.add_profile("gil", "p", 1, "t@v1")
+        assert store.get_user("gil") is None
+        store.add_interactions("gil", _items(["y"]), vec, "import")  # an explicit new import: new user
+        with pytest.raises(UserDeleted):  # ...which the old operation's writes still never reach
+            store.add_interactions("gil", _items(["z"]), vec, "chat", generation=began)
+        with pytest.raises(UserDeleted):
+            store.add_persona("gil", "p", "init", None, {}, generation=began)
+        now = store.user_generation("gil")
+        assert now is not None and now != began
+        store.add_persona("gil", "p", "init", None, {}, generation=now)
+        assert [i.input for i in store.list_interactions("gil")] == ["y"]
+        assert store.delete_user("never-was") is False
+        assert store.user_generation("never-was") is None
+    finally:
+        store.close()
+
+
+async def test_a_profile_that_never_finishes_or_fails_never_blocks_or_fails_a_chat(
+    tmp_path: Path, embedder: Embedder
+) -> None:
+    stuck = GateWriter()
+    svc = _persona_service(tmp_path, embedder, stuck, persona_profile_wait_s=0.05)
+    try:
+        svc.add_interactions_sync("sue", _items(ROMANCE), "import")
+        persona = await asyncio.wait_for(svc.ensure_persona("sue"), timeout=30)
+        assert persona.version == 0 and persona.text == "persona without profile"
+        assert persona.details["transient"] == "profile pending"
+        assert svc.persona_history("sue") == []  # nothing stored: the real initial persona comes later
+        stuck.release.set()  # the shared profile write went on in the background and lands now
+        for _ in range(1000):
+            if svc.get_profile("sue") is not None:
+                break
+            await asyncio.sleep(0.01)
+        after = await svc.ensure_persona("sue")
+        assert after.version == 1 and after.text == "persona from: profile of sue"
+    finally:
+        svc.close()
+    broken = GateWriter(error=RuntimeError("engine down"))
+    svc = _persona_service(tmp_path / "b", embedder, broken)
+    try:
+        svc.add_interactions_sync("sam", _items(ROMANCE), "import")
+        persona = await asyncio.wait_for(svc.ensure_persona("sam"), timeout=30)
+        assert persona.version == 0 and persona.details["transient"] == "profile failed"
+        with pytest.raises(RuntimeError, match="engine down"):  # an explicit request reports it
+            await svc.persona_for("sam")
+    finally:
+        svc.close()
+
+
+def test_feedback_counts_once_per_interaction(service: MemoryService) -> None:
+    service.add_interactions_sync(
+        "fay", [InteractionIn(input="q", metadata={"completion_id": "chatcmpl-1"})], "chat"
+    )
+    for truth in ("a", "a", "corrected"):  # a client retrying, then correcting its answer
+        item = service.attach_feedback("fay", truth, completion_id="chatcmpl-1", input_text=None)
+        assert item is not None and item.output == truth
+    assert service.store.get_user("fay").ground_truth_since_alignment == 1  # type: ignore[union-attr]
+    assert service.store.take_alignment_due("fay", 2) is False
+    service.attach_feedback("fay", "again", completion_id=None, input_text="q")  # same row, by its input
+    assert service.store.get_user("fay").ground_truth_since_alignment == 1  # type: ignore[union-attr]
+
+
+async def test_persona_locks_do_not_outlive_their_use(tmp_path: Path, embedder: Embedder) -> None:
+    svc = _persona_service(tmp_path, embedder, None)
+    try:
+        await asyncio.gather(*(svc.ensure_persona(f"lock{i % 7}") for i in range(50)))
+        assert svc._persona_locks == {}
+        assert {p.version for i in range(7) for p in svc.store.list_personas(f"lock{i}")} == {1}
+    finally:
+        svc.close()
+
+
+def test_evicted_indexes_reload_with_the_same_top_k(tmp_path: Path, embedder: Embedder) -> None:
+    svc = open_service(tmp_path / "e.db", embedder, index_cache_users=2)
+    try:
+        histories = {"ann": ROMANCE, "ben": VIOLENCE, "cal": [SECRET, *ROMANCE[:1], *VIOLENCE[:1]]}
+        query = embedder.encode(["a love story with a fight"])
+        before = {}
+        for user, texts in histories.items():
+            svc.add_interactions_sync(user, _items(texts), "import")
+            before[user] = [
+                (h.interaction.id, round(h.score, 5)) for h in svc.search_vectors(user, query, 3)[0]
+            ]
+        assert len(svc.index.users()) == 2 and not svc.index.has_user("ann")  # least recently used went
+        for user in ("ann", "ben", "cal", "ann"):
+            after = [(h.interaction.id, round(h.score, 5)) for h in svc.search_vectors(user, query, 3)[0]]
+            assert after == before[user], user
+            assert len(svc.index.users()) <= 2
+        svc.add_interactions_sync("ben", _items(["Tag the movie: a love story in a war"]), "import")
+        assert len(svc.search_vectors("ben", query, 10)[0]) == 4  # evicted, reloaded, appended: no duplicate
+        restarted = open_service(tmp_path / "e.db", embedder, index_cache_users=2)
+        assert len(restarted.index.users()) == 2  # a restart loads only as many as the cache holds
+        for user in histories:
+            got = [(h.interaction.id, round(h.score, 5)) for h in restarted.search_vectors(user, query, 3)[0]]
+            assert got == before[user] or user == "ben"
+        restarted.close()
+    finally:
+        svc.close()
