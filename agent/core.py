@@ -26,12 +26,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from agent.prompts import FINAL_ANSWER, NO_ANSWER, TOOL_CONTEXT, TOOLS_PROMPTED
 from agent.tools import BUILTIN_TOOLS, ToolSpec, ToolStep, client_tool_specs
-from agent.written_calls import CallTextGuard, echoes, parse_written_call
 from memory.records import DocumentHit, MemoryHit, PersonaVersion
 from personaagent.llm import LLM, TokenUsage
 from personaagent.quoting import history_block, history_lines, quote_data
 from personaagent.salts import CacheSalts
 from personaagent.settings import AgentSettings
+from personaagent.written_calls import CallTextGuard, echoes, parse_written_call
 
 logger = logging.getLogger(__name__)
 

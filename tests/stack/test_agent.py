@@ -259,7 +259,7 @@ def test_a_forced_call_ends_in_an_answer_without_call_text_within_max_tokens(
 ) -> None:
     """The model must call (a named tool), then gets tool rounds, then answers: never with call text, and
     `max_tokens` is the answer's own budget whatever the rounds before it wrote."""
-    from agent.written_calls import contains_call_text
+    from personaagent.written_calls import contains_call_text
 
     client = stack.openai()
     forced = {"type": "function", "function": {"name": "search_memory"}}

@@ -10,7 +10,7 @@ import json
 from typing import Any
 
 from agent.prompts import FINAL_ANSWER, NO_ANSWER
-from agent.written_calls import contains_call_text
+from personaagent.written_calls import contains_call_text
 from tests.unit.test_agent_loop import WEATHER, _agent, _respond, call
 
 NAMES = {"search_memory", "get_profile", "search_documents", "get_weather"}

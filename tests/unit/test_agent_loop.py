@@ -11,11 +11,11 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from agent.core import PersonaAgent, normalize_conversation
-from agent.written_calls import CallTextGuard
 from memory.records import DocumentHit, Interaction, MemoryHit, PersonaVersion, utcnow
 from personaagent.llm import LLM
 from personaagent.salts import CacheSalts
 from personaagent.settings import AgentSettings
+from personaagent.written_calls import CallTextGuard
 
 SALTS = CacheSalts("unit-test-secret-0123456789")
 WEATHER = [

@@ -8,7 +8,7 @@ import time
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.written_calls import CallTextGuard, contains_call_text, parse_written_call
+from personaagent.written_calls import CallTextGuard, contains_call_text, parse_written_call
 
 SCHEMAS = {
     "search_memory": {

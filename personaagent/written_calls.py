@@ -25,6 +25,8 @@ _MARKUP = ("<tool_call>", "</tool_call>", "[TOOL_CALLS]")
 # What may come before a call's JSON, and its opening (whitespace removed: the model may put any between).
 _OPENERS = ("", "```", "```json", "<tools>")
 _JSON_HEADS = tuple(opener + braces + '"name":"' for opener in _OPENERS for braces in ("{", "{{"))
+# How long a tool name may be when any name counts (OpenAI allows 64).
+_ANY_NAME_CHARS = 64
 # Characters at which call text can begin: the guard looks for nothing else (a one-character class: no
 # backtracking).
 _START_RE = re.compile(r"[{<`\[]")
@@ -35,8 +37,9 @@ def _compact(text: str) -> str:
     return "".join(text.split())
 
 
-def _classify(compact: str, names: frozenset[str]) -> bool | None:
-    """Does text whose whitespace-free form is `compact` open a call? True, False, or None: not yet known."""
+def _classify(compact: str, names: frozenset[str] | None) -> bool | None:
+    """Does text whose whitespace-free form is `compact` open a call? True, False, or None: not yet known.
+    `names` None: a call to any name counts (for reports on answers of any tool set)."""
     undecided = False
     for mark in _MARKUP:
         if compact.startswith(mark):
@@ -47,9 +50,9 @@ def _classify(compact: str, names: frozenset[str]) -> bool | None:
             rest = compact[len(head) :]
             end = rest.find('"')
             if end >= 0:
-                if rest[:end] in names:
+                if rest[:end] in names if names is not None else end > 0:
                     return True
-            elif any(n.startswith(rest) for n in names):
+            elif names is None or any(n.startswith(rest) for n in names):
                 undecided = True
         elif head.startswith(compact):
             undecided = True
@@ -64,11 +67,13 @@ class CallTextGuard:
     budget when the generation was truncated (dropped), else plain text (returned).
     """
 
-    def __init__(self, names: Iterable[str]) -> None:
-        self.names = frozenset(names)
+    def __init__(self, names: Iterable[str] | None) -> None:
+        """`names`: the tools whose calls count; None: a call to any name does."""
+        self.names = None if names is None else frozenset(names)
         # Longest whitespace-free opening that can be undecided: past it every opening is decided.
         longest = max(len(h) for h in (*_JSON_HEADS, *_MARKUP))
-        self._limit = longest + max((len(n) for n in self.names), default=0) + 1
+        name_chars = _ANY_NAME_CHARS if self.names is None else max((len(n) for n in self.names), default=0)
+        self._limit = longest + name_chars + 1
         self._parts: list[str] = []  # everything fed (joined once, by `text`)
         self._shown = 0  # characters returned so far (or decided to be call text)
         self._held: list[str] = []  # the undecided opening and what followed it, not shown yet
@@ -155,7 +160,7 @@ def _compact_prefix(text: str, start: int, n: int) -> str:
         window *= 2
 
 
-def contains_call_text(text: str, names: Iterable[str], truncated: bool = False) -> bool:
+def contains_call_text(text: str, names: Iterable[str] | None, truncated: bool = False) -> bool:
     """Does `text` contain a call written as text or parser markup (begun at its end, when `truncated`)?"""
     guard = CallTextGuard(names)
     guard.feed(text)
