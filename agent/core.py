@@ -468,14 +468,9 @@ class PersonaAgent:
         self, plan: AgentPlan, request: dict[str, Any], round_: int, tools: Sequence[ToolSpec]
     ) -> dict[str, Any]:
         """The engine's body for one round: tools offered (`tools`), or the answer round (none)."""
-        body = {k: v for k, v in request.items() if k not in AGENT_ONLY_FIELDS and k != "n"}
-        body["cache_salt"] = plan.cache_salt
-        if request.get("stream"):  # every round's token counts, for the trace and the client's budget
-            body["stream_options"] = {**(request.get("stream_options") or {}), "include_usage": True}
+        body = self._answer_body(plan, request, after_tools=False)
         if not tools:
-            body["messages"] = self._answer_messages(plan) if round_ > 0 else plan.messages
             return body
-        body["messages"] = plan.messages
         body["tools"] = [t.openai() for t in tools]
         body["tool_choice"] = plan.tool_choice if round_ == 0 and plan.tool_choice is not None else "auto"
         body["parallel_tool_calls"] = True
@@ -488,7 +483,18 @@ class PersonaAgent:
             body["max_tokens"] = max(budget, self.settings.tool_round_max_tokens)
         return body
 
-    def _answer_messages(self, plan: AgentPlan) -> list[dict[str, Any]]:
+    @classmethod
+    def _answer_body(cls, plan: AgentPlan, request: dict[str, Any], after_tools: bool) -> dict[str, Any]:
+        """The engine's body for a round with no tools; `after_tools`: the answer round after tool rounds."""
+        body = {k: v for k, v in request.items() if k not in AGENT_ONLY_FIELDS and k != "n"}
+        body["cache_salt"] = plan.cache_salt
+        if request.get("stream"):  # every round's token counts, for the trace and the client's budget
+            body["stream_options"] = {**(request.get("stream_options") or {}), "include_usage": True}
+        body["messages"] = cls._answer_messages(plan) if after_tools else plan.messages
+        return body
+
+    @staticmethod
+    def _answer_messages(plan: AgentPlan) -> list[dict[str, Any]]:
         """The answer round's prompt: the persona without the tool listing, the conversation with what the
         tool rounds found, and the instruction to answer now."""
         messages = list(plan.messages)
@@ -573,7 +579,8 @@ class PersonaAgent:
             message["content"] = shown
             return self._finish(plan, result)
         # The answer round: no tools; after tool rounds, with the instruction to answer from what there is.
-        result = await self._run_engine(plan, self._engine_body(plan, request, round_, []))
+        after_tools = self._tool_round(plan, tools, 0)
+        result = await self._run_engine(plan, self._answer_body(plan, request, after_tools))
         if "error" in result:
             return result
         choice = result["choices"][0]
@@ -646,7 +653,8 @@ class PersonaAgent:
                 yield out
             return
         record, guard = _Round(), self._guard(plan, request)
-        async for out in self._stream_round(plan, self._engine_body(plan, request, round_, []), record, guard, state, True):
+        body = self._answer_body(plan, request, after_tools=self._tool_round(plan, tools, 0))
+        async for out in self._stream_round(plan, body, record, guard, state, True):
             yield out
         if record.error:
             return

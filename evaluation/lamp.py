@@ -54,6 +54,9 @@ class TaskSpec(BaseModel):
         None, description="structured choice at decoding; the metric's label set"
     )
     max_tokens: int = Field(8, description="answer budget (generation tasks need more)")
+    free_max_tokens: int = Field(
+        48, description="answer budget in the free-form mode, where a model answers in a sentence as it would a user"
+    )
     render_item: Callable[[dict[str, Any]], tuple[str, str | None]] = Field(exclude=True)
 
     def interaction(self, item: dict[str, Any], position: int) -> InteractionIn:
@@ -118,18 +121,21 @@ TASKS: dict[str, TaskSpec] = {
             name="LaMP-4",
             kind="generation",
             max_tokens=32,
+            free_max_tokens=96,
             render_item=lambda i: (f"Generate a headline for this article: {_s(i, 'text')}", _s(i, "title")),
         ),
         TaskSpec(
             name="LaMP-5",
             kind="generation",
             max_tokens=32,
+            free_max_tokens=96,
             render_item=lambda i: (f"Generate a title for this abstract of a paper: {_s(i, 'abstract')}", _s(i, "title")),
         ),
         TaskSpec(
             name="LaMP-7",
             kind="generation",
             max_tokens=64,
+            free_max_tokens=96,
             # A tweet has no request behind it: it is history without ground truth.
             render_item=lambda i: (f"My tweet: {_s(i, 'text')}", None),
         ),

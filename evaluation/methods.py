@@ -20,6 +20,7 @@ from pydantic import BaseModel, Field
 from evaluation.client import AlignmentJob, ServeAPIError, ServeClient
 from evaluation.lamp import LaMPExample, TaskSpec
 from personaagent.quoting import history_block, quote_data
+from personaagent.written_calls import contains_call_text
 
 
 class Method(BaseModel):
@@ -77,6 +78,11 @@ class EvalSettings(BaseModel):
     )
     poll_s: float = Field(1.0, gt=0)
     keep_users: bool = False
+    free_form: bool = Field(
+        False,
+        description="answer as users ask: no output format (the label choice), the agent's tools offered, "
+        "the task's free-form token budget; labels and ratings are read from the answer",
+    )
 
 
 def eval_user_id(run_id: str, method: str, example_id: str) -> str:
@@ -150,19 +156,35 @@ class HTTPEvaluator:
     # -- answering ---------------------------------------------------------------------------------
 
     def _decoding(self) -> dict[str, Any]:
-        """Classification (and the LaMP-3 rating) decode with a structured choice over the label set."""
-        return {"structured_outputs": {"choice": self.spec.labels}} if self.spec.labels else {}
+        """Classification (and the LaMP-3 rating) decode with a structured choice over the label set,
+        except in the free-form mode, which asks as a user would."""
+        if self.settings.free_form or not self.spec.labels:
+            return {}
+        return {"structured_outputs": {"choice": self.spec.labels}}
 
-    async def _complete(self, messages: list[dict[str, str]], user: str | None = None, **extra: Any) -> str:
+    async def _complete(
+        self, messages: list[dict[str, str]], user: str | None = None, **extra: Any
+    ) -> tuple[str, dict[str, Any]]:
+        """The answer, and what it cost (engine calls, tool rounds, tokens) and whether it holds call text."""
         response = await self.openai.chat.completions.create(
             model=self.model,
             messages=messages,  # type: ignore[arg-type]
-            max_tokens=self.spec.max_tokens,
+            max_tokens=self.spec.free_max_tokens if self.settings.free_form else self.spec.max_tokens,
             temperature=0.0,
             extra_body={**self._decoding(), **extra},
             **({"user": user} if user else {}),
         )
-        return (response.choices[0].message.content or "").strip()
+        text = (response.choices[0].message.content or "").strip()
+        trace = (response.model_extra or {}).get("persona_agent") or {}
+        usage = response.usage
+        cost = {
+            "llm_calls": trace.get("llm_calls", 1),
+            "tool_rounds": trace.get("tool_llm_calls", 0),
+            "prompt_tokens": usage.prompt_tokens if usage else None,
+            "completion_tokens": usage.completion_tokens if usage else None,
+            "call_text": contains_call_text(text, None, truncated=response.choices[0].finish_reason == "length"),
+        }
+        return text, cost
 
     async def _prompt_context(self, method: Method, example: LaMPExample, user_id: str) -> str:
         k = self.settings.k
@@ -189,6 +211,7 @@ class HTTPEvaluator:
         user_id = eval_user_id(self.run_id, method.name, example.id) if method.uses_memory else None
         alignment = aligned
         persona_version = None
+        cost: dict[str, Any] = {}
         try:
             if aligned is None:
                 user_id = await self.setup_user(method, example)
@@ -198,14 +221,16 @@ class HTTPEvaluator:
                     alignment = await self.align(user_id)
                 persona_version = (await self.api.get_persona(user_id)).version
                 extra = {"persona_agent_options": method.options} if method.options else {}
-                text = await self._complete(
+                text, cost = await self._complete(
                     [{"role": "user", "content": example.input}], user=user_id, **extra
                 )
             elif method.context == "none":
-                text = await self._complete([{"role": "user", "content": example.input}])
+                text, cost = await self._complete([{"role": "user", "content": example.input}])
             else:
                 context = await self._prompt_context(method, example, user_id or "")
-                text = await self._complete([{"role": "user", "content": f"{context}\n\n{example.input}"}])
+                text, cost = await self._complete(
+                    [{"role": "user", "content": f"{context}\n\n{example.input}"}]
+                )
         finally:
             if user_id is not None and not self.settings.keep_users:
                 with contextlib.suppress(httpx.HTTPError, ServeAPIError):  # never hide the answer's own error
@@ -219,4 +244,5 @@ class HTTPEvaluator:
             seconds=time.monotonic() - started,
             persona_version=persona_version,
             alignment=alignment,
+            **cost,
         )

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 
 from sklearn.metrics import f1_score
@@ -65,6 +66,25 @@ def generation_metrics(predictions: Sequence[str], golds: Sequence[str]) -> dict
         "rouge-1": sum(s["rouge1"].fmeasure for s in scores) / len(scores),
         "rouge-L": sum(s["rougeL"].fmeasure for s in scores) / len(scores),
     }
+
+
+def free_form_answer(spec: TaskSpec, text: str) -> str:
+    """What a free-form answer says, in the metric's terms: for a label set, the label the answer names
+    first (whole words, case-insensitive; a longer label wins at the same place, so "dark comedy" is not
+    "comedy"); for a rating, the first digit 1-5 standing alone. An answer that names none stays as it is
+    and scores as wrong, as in the official evaluators. Generation tasks are scored on the whole answer."""
+    if spec.kind == "generation":
+        return text.strip()
+    if spec.kind == "regression":
+        match = re.search(r"(?<![\d.])[1-5](?![\d.]\d)", text)
+        return match.group(0) if match else text.strip()
+    lowered = text.lower()
+    best: tuple[int, int, str] | None = None
+    for label in spec.labels or []:
+        match = re.search(r"(?<![\w-])" + re.escape(label.lower()) + r"(?![\w-])", lowered)
+        if match and (best is None or (match.start(), -len(label)) < (best[0], best[1])):
+            best = (match.start(), -len(label), label)
+    return best[2] if best else text.strip()
 
 
 def task_metrics(spec: TaskSpec, predictions: Sequence[str], golds: Sequence[str]) -> dict[str, float]:

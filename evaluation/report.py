@@ -26,7 +26,8 @@ def markdown(results: list[TaskResult]) -> str:
         names = _metric_names(result)
         arrows = [f"{m} {'↑' if HIGHER_IS_BETTER.get(m, True) else '↓'}" for m in names]
         data = "SYNTHETIC data (not comparable with LaMP)" if result.synthetic else "LaMP data"
-        out.append(f"### {result.task} — {data}, model `{result.model}`, {result.methods[0].n} users\n")
+        mode = "free-form answers (as users ask, tools offered)" if result.free_form else "label choice"
+        out.append(f"### {result.task} — {data}, {mode}, model `{result.model}`, {result.methods[0].n} users\n")
         primary = result.methods[0].primary_metric
         out.append(
             "| method | "
@@ -56,6 +57,18 @@ def markdown(results: list[TaskResult]) -> str:
             for c in result.comparisons:
                 out.append(
                     f"| {c.method} − {c.baseline} | {c.difference:+.3f} | [{c.low:+.3f}, {c.high:+.3f}] | {c.verdict} |"
+                )
+            out.append("")
+        costs = [m for m in result.methods if m.llm_calls_per_question is not None]
+        if costs:
+            out.append("What answering cost, per question (means over the answered questions):\n")
+            out.append("| method | answers with call text | LLM calls | tool rounds | tokens |")
+            out.append("|---|---|---|---|---|")
+            for m in costs:
+                share = f"{m.call_text_share or 0:.0%} ({round((m.call_text_share or 0) * (m.n - m.errors))} of {m.n - m.errors})"
+                out.append(
+                    f"| {m.method} | {share} | {m.llm_calls_per_question:.2f} | {m.tool_rounds_per_question:.2f} "
+                    f"| {m.tokens_per_question:.0f} |"
                 )
             out.append("")
     return "\n".join(out)

@@ -18,7 +18,7 @@ from evaluation.client import AlignmentJob
 from evaluation.intervals import KEY_COMPARISONS, Comparison, compare, interval, per_question, primary_metric
 from evaluation.lamp import LaMPExample, find_split, load_split, task_spec
 from evaluation.methods import METHODS, EvalSettings, HTTPEvaluator, Prediction
-from evaluation.metrics import task_metrics
+from evaluation.metrics import free_form_answer, task_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +44,12 @@ class MethodResult(BaseModel):
     errors: int = Field(description="questions whose request failed (scored as an empty answer)")
     metrics: dict[str, float]
     seconds_per_question: float
+    call_text_share: float | None = Field(
+        None, description="answers that hold a tool call written as text or markup (target 0)"
+    )
+    llm_calls_per_question: float | None = None
+    tool_rounds_per_question: float | None = None
+    tokens_per_question: float | None = Field(None, description="prompt + completion, every engine call")
     alignments_accepted: int | None = None
     primary_metric: str = ""
     interval: tuple[float, float] | None = Field(
@@ -58,6 +64,7 @@ class TaskResult(BaseModel):
     model: str
     run_id: str
     methods: list[MethodResult]
+    free_form: bool = Field(False, description="answered as users ask (no label choice, tools offered)")
     alignment_wall_s: float | None = Field(None, description="setting up and aligning all aligned users")
     answer_wall_s: float = Field(0.0, description="answering every question, alignment excluded")
     comparisons: list[Comparison] = Field(default_factory=list, description="paired, on the primary metric")
@@ -188,10 +195,14 @@ async def run_task(request: RunRequest, task: str, model: str) -> TaskResult:
     results = []
     metric = primary_metric(spec)
     scores: dict[str, list[float]] = {}
+    free_form = request.settings.free_form
     for name in request.methods:
         preds = [log.done.get((name, e.id)) for e in examples]
         golds = [e.gold or "" for e in examples]
-        scores[name] = per_question(spec, [p.prediction if p else "" for p in preds], golds)
+        texts = [p.prediction if p else "" for p in preds]
+        if free_form:  # the label or rating the answer names, as the official evaluators read answers
+            texts = [free_form_answer(spec, t) for t in texts]
+        scores[name] = per_question(spec, texts, golds)
         answered = [p for p in preds if p is not None]
         aligned = [p.alignment for p in answered if p.alignment is not None]
         results.append(
@@ -200,10 +211,9 @@ async def run_task(request: RunRequest, task: str, model: str) -> TaskResult:
                 description=METHODS[name].description,
                 n=len(examples),
                 errors=sum(p is None for p in preds),
-                metrics=task_metrics(
-                    spec, [p.prediction if p else "" for p in preds], [e.gold or "" for e in examples]
-                ),
+                metrics=task_metrics(spec, texts, golds),
                 seconds_per_question=sum(p.seconds for p in answered) / max(1, len(answered)),
+                **_cost_summary(answered),
                 alignments_accepted=sum(bool(a.get("accepted")) for a in aligned) if aligned else None,
                 primary_metric=metric,
                 interval=interval(scores[name]),
@@ -218,6 +228,7 @@ async def run_task(request: RunRequest, task: str, model: str) -> TaskResult:
         synthetic=is_synthetic(examples),
         model=model,
         run_id=run_id,
+        free_form=free_form,
         methods=results,
         alignment_wall_s=alignment_wall_s,
         answer_wall_s=answer_wall_s,
@@ -226,6 +237,21 @@ async def run_task(request: RunRequest, task: str, model: str) -> TaskResult:
     )
     (folder / "results.json").write_text(result.model_dump_json(indent=2) + "\n")
     return result
+
+
+def _cost_summary(answered: list[Prediction]) -> dict[str, float | None]:
+    """Per method: the share of answers with call text, engine calls, tool rounds and tokens per question
+    (over the answers that recorded them; runs resumed from before these were recorded have none)."""
+    known = [p for p in answered if p.llm_calls is not None]
+    if not known:
+        return {}
+    n = len(known)
+    return {
+        "call_text_share": sum(bool(p.call_text) for p in known) / n,
+        "llm_calls_per_question": sum(p.llm_calls or 0 for p in known) / n,
+        "tool_rounds_per_question": sum(p.tool_rounds or 0 for p in known) / n,
+        "tokens_per_question": sum((p.prompt_tokens or 0) + (p.completion_tokens or 0) for p in known) / n,
+    }
 
 
 async def run(request: RunRequest) -> list[TaskResult]:

@@ -296,6 +296,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         settings=EvalSettings(
             k=args.k,
             keep_users=args.keep_users,
+            free_form=args.free_form,
             **({"alignment_timeout_s": args.alignment_timeout_s} if args.alignment_timeout_s else {}),
         ),
     )
@@ -354,6 +355,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--url", default=None, help="server base URL (default: from settings)")
     ev.add_argument("--api-key", default=None, help="default: $OPENAI_API_KEY")
     ev.add_argument("--keep-users", action="store_true", help="keep the evaluation users in the database")
+    ev.add_argument(
+        "--free-form",
+        action="store_true",
+        help="answer as users ask: no label choice, the agent's tools offered, labels read from the answer",
+    )
     ev.add_argument(
         "--alignment-timeout-s",
         type=float,

@@ -347,3 +347,30 @@ def test_a_degenerate_answer_never_holds_up_the_ingress(stack: Stack, two_users:
         poller.join()
     assert resp.choices[0].message.content == "```" + " " * spaces + "done"
     assert health and max(health) < 2.0, max(health)
+
+
+def test_a_requested_format_wins_over_tools_and_is_never_read_as_a_call(
+    stack: Stack, two_users: dict[str, list[int]]
+) -> None:
+    """JSON that describes a tool (here forced by a regex) is the answer the client asked for, not a call,
+    with the client's tool offered beside it: a requested format wins over tools (one documented rule)."""
+    weather = [{"type": "function", "function": {"name": "get_weather", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]  # fmt: skip
+    described = '{"name": "get_weather", "description": "the weather"}'
+    regex = r'\{"name": "get_weather", "description": "the weather"\}'
+    for stream in (False, True):
+        kwargs = dict(
+            model=MODEL, user="ag-romance", messages=[{"role": "user", "content": "Describe your tool."}],
+            tools=weather, max_tokens=40, extra_body={"structured_outputs": {"regex": regex}},
+        )  # fmt: skip
+        client = stack.openai()
+        if stream:
+            chunks = list(client.chat.completions.create(stream=True, **kwargs))
+            text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+            assert not any(c.choices[0].delta.tool_calls for c in chunks if c.choices)
+            finish = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+        else:
+            resp = client.chat.completions.create(**kwargs)
+            text, finish = resp.choices[0].message.content or "", [resp.choices[0].finish_reason]
+            assert resp.choices[0].message.tool_calls is None
+        assert text == described and finish == ["stop"], (stream, text, finish)

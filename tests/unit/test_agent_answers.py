@@ -88,6 +88,12 @@ async def test_max_tokens_bounds_the_answer_and_tool_rounds_have_their_own_budge
         if usage is not None:
             assert usage["completion_tokens"] == 3 + 40 + 8
         assert [r.completion_tokens for r in plan.rounds] == [3, 40, 8]
+    # Over the budget in the first round: the answer round, told to answer, without the tool listing.
+    agent, engine, _ = _agent([long_answer, long_answer], auto_memory_search=False)
+    plan = await agent.prepare("u1", [{"role": "user", "content": "Say hi."}])
+    answer, _ = await _respond(agent, plan, stream=False)
+    assert answer.split() == long_answer.split()[:8] and engine.bodies[1]["max_tokens"] == 8
+    assert engine.bodies[1]["messages"][-1]["content"] == FINAL_ANSWER.render()
     # An answer within the budget in a tool round is the answer: one engine call.
     agent, engine, _ = _agent(["hi there"], auto_memory_search=False)
     plan = await agent.prepare("u1", [{"role": "user", "content": "Say hi."}])

@@ -174,3 +174,18 @@ def test_train_users_are_not_dev_users() -> None:
     train, _ = build_task("LaMP-5", 16, 12, 0, "train")
     assert {q["id"] for q in dev}.isdisjoint(q["id"] for q in train)
     assert {q["input"] for q in dev} != {q["input"] for q in train}
+
+
+def test_free_form_answers_are_read_for_the_label_or_rating_they_name() -> None:
+    from evaluation.lamp import task_spec
+    from evaluation.metrics import free_form_answer
+
+    tags = task_spec("LaMP-2M")
+    assert free_form_answer(tags, "The tag is dark comedy.") == "dark comedy"  # not "comedy"
+    assert free_form_answer(tags, "Sci-fi, or maybe comedy.") == "sci-fi"  # the first one named
+    assert free_form_answer(tags, "Based on a book!") == "based on a book"
+    assert free_form_answer(tags, "no idea") == "no idea"  # outside the label set: scored as wrong
+    rating = task_spec("LaMP-3")
+    assert free_form_answer(rating, "I would rate it 4 out of 5.") == "4"
+    assert free_form_answer(rating, "2.5 stars") == "2.5 stars"  # not a rating of the set
+    assert free_form_answer(task_spec("LaMP-5"), "  A Title  ") == "A Title"
