@@ -66,6 +66,11 @@ class Prediction(BaseModel):
     seconds: float
     persona_version: int | None = None
     alignment: dict[str, Any] | None = Field(None, description="the alignment job's result, when aligned")
+    llm_calls: int | None = Field(None, description="engine calls of the answering request")
+    tool_rounds: int | None = Field(None, description="of those, rounds that ran the agent's tools")
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    call_text: bool | None = Field(None, description="the answer holds a tool call written as text or markup")
 
 
 class EvalSettings(BaseModel):

