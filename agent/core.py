@@ -84,6 +84,9 @@ class AgentPlan(BaseModel):
     persona_version: int | None
     persona: str | None
     persona_tokens: int | None = None
+    user_generation: int | None = Field(
+        None, description="the user's generation when the request began: its write-back names it"
+    )
     persona_transient: str | None = Field(
         None, description="why this request's persona is a stand-in, not stored (e.g. the profile was late)"
     )
@@ -369,6 +372,7 @@ class PersonaAgent:
         persona_version: int | None = None
         persona: str | None = None
         transient: str | None = None
+        generation: int | None = None
         if switches.persona:
             if persona_override is not None:
                 persona = persona_override
@@ -376,6 +380,7 @@ class PersonaAgent:
                 record = await self.memory.ensure_persona(user_id)
                 persona, persona_version = record.text, record.version
                 transient = record.details.get("transient")
+                generation = record.details.get("generation")
 
         tools = list(BUILTIN_TOOLS) + client_tool_specs(client_tools) if switches.tools else []
         if not switches.memory:
@@ -386,6 +391,7 @@ class PersonaAgent:
             persona_version=persona_version,
             persona=persona,
             persona_transient=str(transient) if transient else None,
+            user_generation=generation if isinstance(generation, int) else None,
             messages=[],
             tools=tools,
             max_steps=cfg.max_steps if tools else 0,

@@ -60,6 +60,12 @@ class _UserLock:
     users: int = 0
 
 
+def _begun_at(persona: PersonaVersion, generation: int) -> PersonaVersion:
+    """A chat's persona, carrying the user's generation when the chat began (for its write-back; a copy,
+    never stored)."""
+    return persona.model_copy(update={"details": {**persona.details, "generation": generation}})
+
+
 class MemoryService:
     def __init__(
         self,
@@ -137,10 +143,12 @@ class MemoryService:
         self.index.add(user_id, np.asarray(ids, dtype=np.int64), vectors)
         return ids
 
-    async def record_chat(self, user_id: str, item: InteractionIn) -> int | None:
+    async def record_chat(self, user_id: str, item: InteractionIn, generation: int | None = None) -> int | None:
         """Write a chat back; dropped (None, logged) when the user was deleted before or while it is
-        written (the check is inside the write), or when it would pass the user's quota."""
-        generation = self.store.user_generation(user_id)
+        written (the check is inside the write), or when it would pass the user's quota. `generation`: the
+        user's when the chat began (`ensure_persona`), so a chat that outlived a delete never writes into
+        a user re-created since."""
+        generation = self.store.user_generation(user_id) if generation is None else generation
         if generation is None:
             return None
         try:
@@ -301,18 +309,19 @@ class MemoryService:
         The same transient persona answers a chat whose user was deleted while it waited."""
         rules = self._rules()
         current = self.current_persona(user_id)
-        if current is not None:  # every chat but a user's first: reads only, no write transaction
-            return current
         generation = self.store.user_generation(user_id)
+        if current is not None and generation is not None:  # every chat but a user's first: reads only
+            return _begun_at(current, generation)
         if generation is None:
             generation = self.store.open_user(user_id)
         persona = await self._initial_persona(user_id, generation, self.settings.persona_profile_wait_s)
         if isinstance(persona, PersonaVersion):
-            return persona
+            return _begun_at(persona, generation)
         text, prompt_ref = rules.initial(None)
         return PersonaVersion(
             user_id=user_id, version=0, text=text, reason="init", parent=None, created_at=utcnow(),
-            details={"prompt": prompt_ref, "profile_version": None, "transient": persona},
+            details={"prompt": prompt_ref, "profile_version": None, "transient": persona,
+                     "generation": generation},
         )  # fmt: skip
 
     async def persona_for(self, user_id: str) -> PersonaVersion | None:

@@ -73,7 +73,7 @@ class PersonalizedChat:
             }
             | ({"choice": choice} if choice else {}),
         )
-        await self.memory.record_chat(user_id, item)
+        await self.memory.record_chat(user_id, item, plan.user_generation)
 
     async def handle(self, body: dict[str, Any]) -> Response:
         """One personalized chat: the agent prepares the prompt (no LLM), then one generation answers."""

@@ -114,8 +114,8 @@ class MemoryHandle:
     async def reload_documents(self) -> int:
         return await self._memory.reload_documents.remote()
 
-    async def record_chat(self, user_id: str, item: InteractionIn) -> int | None:
-        return await self._memory.record_chat.remote(user_id, item)
+    async def record_chat(self, user_id: str, item: InteractionIn, generation: int | None = None) -> int | None:
+        return await self._memory.record_chat.remote(user_id, item, generation)
 
     async def ground_truth(self, user_id: str, n: int) -> list[Interaction]:
         return await self._memory.ground_truth.remote(user_id, n)

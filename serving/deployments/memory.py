@@ -150,12 +150,13 @@ class MemoryDeployment:
     async def reload_documents(self) -> int:
         return self.service.documents.reload() if self.service.documents else 0
 
-    async def record_chat(self, user_id: str, item: InteractionIn) -> int | None:
+    async def record_chat(self, user_id: str, item: InteractionIn, generation: int | None = None) -> int | None:
         """Write a chat back; dropped (None) when the user was deleted while the chat ran: a chat creates
         its user when it starts (the persona), so only a delete can make the user vanish before this. The
         generation taken here is checked inside the write, so a delete during the embedding counts too
         (`MemoryService.record_chat` is the same path without the batching)."""
-        generation = self.service.store.user_generation(user_id)
+        if generation is None:  # the chat did not say when it began: the user as it is now
+            generation = self.service.store.user_generation(user_id)
         if generation is None:
             return None
         ids = await self._import_batch((user_id, [item], "chat", generation))

@@ -95,7 +95,7 @@ class FakeMemory:
     async def rollback_persona(self, user_id: str, version: int) -> PersonaVersion:
         return PERSONA
 
-    async def record_chat(self, user_id: str, item: Any) -> int:
+    async def record_chat(self, user_id: str, item: Any, generation: int | None = None) -> int:
         return 1
 
     async def attach_feedback(self, user_id: str, *args: Any) -> Interaction:

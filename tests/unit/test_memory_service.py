@@ -315,6 +315,12 @@ async def test_a_delete_during_the_first_chats_profile_wait_holds(tmp_path: Path
         again = await svc.ensure_persona("vic")
         assert again.version == 1 and again.details["profile_version"] is None
         assert svc.export("vic") is not None and svc.store.list_interactions("vic") == []
+        # The first chat's write-back, named with the generation it began with, stays out of the new user.
+        old = persona.details["generation"]
+        assert old != again.details["generation"]
+        assert await svc.record_chat("vic", InteractionIn(input="hi"), old) is None
+        assert svc.store.list_interactions("vic") == []
+        assert await svc.record_chat("vic", InteractionIn(input="hi"), again.details["generation"]) is not None
     finally:
         svc.close()
 

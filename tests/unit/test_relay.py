@@ -74,7 +74,7 @@ class _Recorded:
     def __init__(self, log: list[str]) -> None:
         self.log = log
 
-    async def record_chat(self, user_id: str, item: Any) -> None:
+    async def record_chat(self, user_id: str, item: Any, generation: int | None = None) -> None:
         self.log.append(f"write {user_id} {item.metadata['answer']}")
 
 
