@@ -571,16 +571,11 @@ class PersonaAgent:
                 message["content"] = shown.strip() or None
                 choice["finish_reason"] = "tool_calls"  # also for a forced (named) call
                 return self._finish(plan, result)
-            if calls:
-                ran = await self._run_builtin_round(plan, shown, calls)
-                self._round_record(plan, "tools", record, "builtin_calls" if ran else "repeated_calls")
-                if not ran:
-                    break
+            step = await self._end_tool_round(plan, record, guard, calls, shown, budget)
+            if step == "next":
                 round_ += 1
                 continue
-            failed = _round_failure(guard, record, budget)
-            self._round_record(plan, "tools", record, failed or "answer")
-            if failed:
+            if step == "answer_round":
                 break
             message["content"] = shown
             return self._finish(plan, result)
@@ -603,6 +598,26 @@ class PersonaAgent:
         if choice.get("finish_reason") == "tool_calls":
             choice["finish_reason"] = "stop"
         return self._finish(plan, result)
+
+    async def _end_tool_round(
+        self,
+        plan: AgentPlan,
+        record: _Round,
+        guard: CallTextGuard,
+        calls: Sequence[_Call],
+        content: str,
+        budget: int | None,
+    ) -> Literal["next", "answer_round", "answer"]:
+        """A tool round without client calls, streamed or not: its built-in calls run ("next" round), or the
+        tool rounds are over ("answer_round": repeated calls, call text, over the budget), or its text is
+        the answer."""
+        if calls:
+            ran = await self._run_builtin_round(plan, content, calls)
+            self._round_record(plan, "tools", record, "builtin_calls" if ran else "repeated_calls")
+            return "next" if ran else "answer_round"
+        failed = _round_failure(guard, record, budget)
+        self._round_record(plan, "tools", record, failed or "answer")
+        return "answer_round" if failed else "answer"
 
     @staticmethod
     def _finish(plan: AgentPlan, result: dict[str, Any]) -> dict[str, Any]:
@@ -642,16 +657,11 @@ class PersonaAgent:
                         yield out
                     return
                 calls = [written] if written is not None else []
-            if calls:
-                ran = await self._run_builtin_round(plan, guard.clean(), calls)
-                self._round_record(plan, "tools", record, "builtin_calls" if ran else "repeated_calls")
-                if not ran:
-                    break
+            step = await self._end_tool_round(plan, record, guard, calls, guard.clean(), budget)
+            if step == "next":
                 round_ += 1
                 continue
-            failed = _round_failure(guard, record, budget)
-            self._round_record(plan, "tools", record, failed or "answer")
-            if failed:
+            if step == "answer_round":
                 break
             if record.held:
                 yield state.chunk({"content": "".join(record.held)})
