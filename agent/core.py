@@ -73,6 +73,8 @@ class RoundRecord(BaseModel):
     finish_reason: str | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    calls: int = Field(0, description="tool calls the round made")
+    written_calls: bool = Field(False, description="written as text (read by `parse_written_call`), not markup")
     choice: int = 0
 
 
@@ -275,6 +277,7 @@ class _Round(BaseModel):
     usage: dict[str, Any] | None = None
     held: list[str] = Field(default_factory=list, description="answer text not yet sent (small budgets)")
     error: bool = False
+    written_call: bool = Field(False, description="its call was written as text, not in parser markup")
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
@@ -508,12 +511,15 @@ class PersonaAgent:
             messages = ([{"role": "system", "content": plan.persona}] if plan.persona else []) + messages[1:]
         return [*messages, {"role": "user", "content": FINAL_ANSWER.render()}]
 
-    def _round_record(self, plan: AgentPlan, kind: str, round_: _Round, outcome: str) -> None:
+    def _round_record(
+        self, plan: AgentPlan, kind: str, round_: _Round, outcome: str, calls: int = 0
+    ) -> None:
         usage = round_.usage or {}
         plan.rounds.append(RoundRecord(
             kind=kind, outcome=outcome, finish_reason=round_.finish_reason,
             prompt_tokens=int(usage.get("prompt_tokens") or 0),
             completion_tokens=int(usage.get("completion_tokens") or 0),
+            calls=calls, written_calls=round_.written_call,
         ))  # fmt: skip
 
     async def generate(self, plan: AgentPlan, request: dict[str, Any]) -> AsyncIterator[dict[str, Any] | str]:
@@ -564,9 +570,10 @@ class PersonaAgent:
             if not calls and guard.found:
                 written = await _parse_written(content, tools, plan.messages)
                 calls = [written] if written is not None else []
+                record.written_call = written is not None
             client = [c for c in calls if not self._is_builtin_name(plan, c.name)]
             if client:  # built-in calls beside a client call are not the client's
-                self._round_record(plan, "tools", record, "client_calls")
+                self._round_record(plan, "tools", record, "client_calls", len(client))
                 message["tool_calls"] = [c.openai() for c in client]
                 message["content"] = shown.strip() or None
                 choice["finish_reason"] = "tool_calls"  # also for a forced (named) call
@@ -613,7 +620,7 @@ class PersonaAgent:
         the answer."""
         if calls:
             ran = await self._run_builtin_round(plan, content, calls)
-            self._round_record(plan, "tools", record, "builtin_calls" if ran else "repeated_calls")
+            self._round_record(plan, "tools", record, "builtin_calls" if ran else "repeated_calls", len(calls))
             return "next" if ran else "answer_round"
         failed = _round_failure(guard, record, budget)
         self._round_record(plan, "tools", record, failed or "answer")
@@ -641,7 +648,7 @@ class PersonaAgent:
             if record.error:
                 return
             if record.relayed:
-                self._round_record(plan, "tools", record, "client_calls")
+                self._round_record(plan, "tools", record, "client_calls", len(record.relayed))
                 if record.held:
                     yield state.chunk({"content": "".join(record.held)})
                 async for out in self._stream_end(plan, request, state, "tool_calls"):
@@ -650,8 +657,9 @@ class PersonaAgent:
             calls = [c for c in record.calls.values() if self._is_builtin_name(plan, c.name)]
             if not calls and guard.found and not state.shown:
                 written = await _parse_written(guard.text, tools, plan.messages)
+                record.written_call = written is not None
                 if written is not None and not self._is_builtin_name(plan, written.name):
-                    self._round_record(plan, "tools", record, "client_calls")
+                    self._round_record(plan, "tools", record, "client_calls", 1)
                     yield state.chunk({"tool_calls": [{"index": 0, **written.openai()}]})
                     async for out in self._stream_end(plan, request, state, "tool_calls"):
                         yield out

@@ -71,6 +71,8 @@ class Prediction(BaseModel):
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     call_text: bool | None = Field(None, description="the answer holds a tool call written as text or markup")
+    calls_parsed: int | None = Field(None, description="tool calls read by vLLM's parser (markup)")
+    calls_written: int | None = Field(None, description="tool calls written as JSON text, read by the agent")
 
 
 class EvalSettings(BaseModel):
@@ -188,6 +190,8 @@ class HTTPEvaluator:
             "prompt_tokens": usage.prompt_tokens if usage else None,
             "completion_tokens": usage.completion_tokens if usage else None,
             "call_text": contains_call_text(text, None, truncated=response.choices[0].finish_reason == "length"),
+            "calls_parsed": sum(r["calls"] for r in trace.get("rounds", []) if not r["written_calls"]),
+            "calls_written": sum(r["calls"] for r in trace.get("rounds", []) if r["written_calls"]),
         }
         return text, cost
 

@@ -62,13 +62,13 @@ def markdown(results: list[TaskResult]) -> str:
         costs = [m for m in result.methods if m.llm_calls_per_question is not None]
         if costs:
             out.append("What answering cost, per question (means over the answered questions):\n")
-            out.append("| method | answers with call text | LLM calls | tool rounds | tokens |")
-            out.append("|---|---|---|---|---|")
+            out.append("| method | answers with call text | LLM calls | tool rounds | tokens | calls parsed / written as text |")
+            out.append("|---|---|---|---|---|---|")
             for m in costs:
                 share = f"{m.call_text_share or 0:.0%} ({round((m.call_text_share or 0) * (m.n - m.errors))} of {m.n - m.errors})"
                 out.append(
                     f"| {m.method} | {share} | {m.llm_calls_per_question:.2f} | {m.tool_rounds_per_question:.2f} "
-                    f"| {m.tokens_per_question:.0f} |"
+                    f"| {m.tokens_per_question:.0f} | {m.calls_parsed or 0} / {m.calls_written or 0} |"
                 )
             out.append("")
     return "\n".join(out)

@@ -50,6 +50,8 @@ class MethodResult(BaseModel):
     llm_calls_per_question: float | None = None
     tool_rounds_per_question: float | None = None
     tokens_per_question: float | None = Field(None, description="prompt + completion, every engine call")
+    calls_parsed: int | None = Field(None, description="tool calls read by vLLM's parser, all questions")
+    calls_written: int | None = Field(None, description="tool calls written as JSON text, all questions")
     alignments_accepted: int | None = None
     primary_metric: str = ""
     interval: tuple[float, float] | None = Field(
@@ -239,7 +241,7 @@ async def run_task(request: RunRequest, task: str, model: str) -> TaskResult:
     return result
 
 
-def _cost_summary(answered: list[Prediction]) -> dict[str, float | None]:
+def _cost_summary(answered: list[Prediction]) -> dict[str, Any]:
     """Per method: the share of answers with call text, engine calls, tool rounds and tokens per question
     (over the answers that recorded them; runs resumed from before these were recorded have none)."""
     known = [p for p in answered if p.llm_calls is not None]
@@ -251,6 +253,8 @@ def _cost_summary(answered: list[Prediction]) -> dict[str, float | None]:
         "llm_calls_per_question": sum(p.llm_calls or 0 for p in known) / n,
         "tool_rounds_per_question": sum(p.tool_rounds or 0 for p in known) / n,
         "tokens_per_question": sum((p.prompt_tokens or 0) + (p.completion_tokens or 0) for p in known) / n,
+        "calls_parsed": sum(p.calls_parsed or 0 for p in known),
+        "calls_written": sum(p.calls_written or 0 for p in known),
     }
 
 

@@ -205,6 +205,7 @@ async def test_builtin_call_runs_and_the_generation_continues() -> None:
         text, calls = await _respond(agent, plan, stream)
         assert text.strip() == "answer with memories" and calls == []  # the built-in call is not the client's
         assert memory.searches == ["films"] and plan.usage.calls == 2 and plan.tool_llm_calls == 1
+        assert plan.rounds[0].calls == 1 and not plan.rounds[0].written_calls
         second = engine.bodies[1]["messages"]
         assert "<tool_call>" in second[-2]["content"] and "search_memory" in second[-2]["content"]
         assert second[-1]["role"] == "user" and '<data kind="tool_result">' in second[-1]["content"]
@@ -339,6 +340,7 @@ async def test_a_tool_call_written_as_json_text_is_run_as_a_call_not_returned_as
         answer, calls = await _respond(agent, plan, stream)
         assert answer.strip() == "answer with memories" and calls == [], (text, stream)
         assert memory.searches == ["films"] and "<tool_call>" in engine.bodies[1]["messages"][-2]["content"]
+        assert plan.rounds[0].written_calls and plan.rounds[0].calls == 1
     # Text that only looks like a call stays the answer: an unknown name, JSON that is the answer itself,
     # code.
     for text, stream in [

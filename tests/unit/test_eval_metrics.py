@@ -189,3 +189,25 @@ def test_free_form_answers_are_read_for_the_label_or_rating_they_name() -> None:
     assert free_form_answer(rating, "I would rate it 4 out of 5.") == "4"
     assert free_form_answer(rating, "2.5 stars") == "2.5 stars"  # not a rating of the set
     assert free_form_answer(task_spec("LaMP-5"), "  A Title  ") == "A Title"
+
+
+def test_the_report_says_what_answering_cost_per_method() -> None:
+    from evaluation.methods import Prediction
+    from evaluation.report import markdown
+    from evaluation.runner import MethodResult, TaskResult, _cost_summary
+
+    def pred(call_text: bool, written: int) -> Prediction:
+        return Prediction(method="m", id="q", user_id=None, prediction="x", gold="y", seconds=1.0, llm_calls=3,
+                          tool_rounds=1, prompt_tokens=90, completion_tokens=10, call_text=call_text,
+                          calls_parsed=1, calls_written=written)  # fmt: skip
+
+    cost = _cost_summary([pred(True, 1), pred(False, 0), pred(False, 0), pred(False, 0)])
+    assert cost["call_text_share"] == 0.25 and cost["llm_calls_per_question"] == 3.0
+    assert cost["tokens_per_question"] == 100.0 and (cost["calls_parsed"], cost["calls_written"]) == (4, 1)
+    method = MethodResult(method="persona_agent_no_align", description="", n=4, errors=0,
+                          metrics={"accuracy": 0.5}, seconds_per_question=1.0, primary_metric="accuracy",
+                          **cost)  # fmt: skip
+    result = TaskResult(task="LaMP-2M", data="d", synthetic=True, model="m", run_id="r", free_form=True,
+                        methods=[method])  # fmt: skip
+    text = markdown([result])
+    assert "free-form answers" in text and "| persona_agent_no_align | 25% (1 of 4) | 3.00 | 1.00 | 100 | 4 / 1 |" in text
