@@ -471,15 +471,14 @@ class PersonaAgent:
 
     @staticmethod
     def _tool_round(plan: AgentPlan, tools: Sequence[ToolSpec], round_: int) -> bool:
+        """Does round `round_` offer tools? While steps are left, and a forced first round always."""
         return bool(tools) and (round_ < plan.max_steps or (round_ == 0 and plan.tool_choice is not None))
 
     def _engine_body(
         self, plan: AgentPlan, request: dict[str, Any], round_: int, tools: Sequence[ToolSpec]
     ) -> dict[str, Any]:
-        """The engine's body for one round: tools offered (`tools`), or the answer round (none)."""
+        """The engine's body for a tool round: `tools` offered, the round's own token budget."""
         body = self._answer_body(plan, request, after_tools=False)
-        if not tools:
-            return body
         body["tools"] = [t.openai() for t in tools]
         body["tool_choice"] = plan.tool_choice if round_ == 0 and plan.tool_choice is not None else "auto"
         body["parallel_tool_calls"] = True
