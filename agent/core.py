@@ -474,20 +474,24 @@ class PersonaAgent:
         """Does round `round_` offer tools? While steps are left, and a forced first round always."""
         return bool(tools) and (round_ < plan.max_steps or (round_ == 0 and plan.tool_choice is not None))
 
+    @staticmethod
+    def _forced(plan: AgentPlan, round_: int) -> bool:
+        """A round whose `tool_choice` forces a call: it writes only the call."""
+        return round_ == 0 and plan.tool_choice is not None
+
     def _engine_body(
-        self, plan: AgentPlan, request: dict[str, Any], round_: int, tools: Sequence[ToolSpec]
+        self, plan: AgentPlan, request: dict[str, Any], round_: int, tools: Sequence[ToolSpec], widen: bool
     ) -> dict[str, Any]:
-        """The engine's body for a tool round: `tools` offered, the round's own token budget."""
+        """The engine's body for a tool round: `tools` offered. Its token budget is the client's, so an
+        answer written in it streams as it comes; a round that must write a call (forced, or again after
+        the client's budget cut a call off: `widen`) gets at least `agent.tool_round_max_tokens`."""
         body = self._answer_body(plan, request, after_tools=False)
         body["tools"] = [t.openai() for t in tools]
-        body["tool_choice"] = plan.tool_choice if round_ == 0 and plan.tool_choice is not None else "auto"
+        body["tool_choice"] = plan.tool_choice if self._forced(plan, round_) else "auto"
         body["parallel_tool_calls"] = True
-        # A tool round has its own budget, so a call always fits; an answer written in it must still fit
-        # the client's (checked when the round ends).
         budget = answer_budget(request)
-        body.pop("max_completion_tokens", None)
-        body.pop("max_tokens", None)
-        if budget is not None:
+        if budget is not None and (widen or self._forced(plan, round_)):
+            body.pop("max_completion_tokens", None)
             body["max_tokens"] = max(budget, self.settings.tool_round_max_tokens)
         return body
 
@@ -549,9 +553,9 @@ class PersonaAgent:
     async def _complete(self, plan: AgentPlan, request: dict[str, Any]) -> dict[str, Any]:
         """One choice, not streamed."""
         tools, budget = self._offered(plan, request), answer_budget(request)
-        round_ = 0
+        round_, widen = 0, False
         while self._tool_round(plan, tools, round_):
-            body = self._engine_body(plan, request, round_, tools)
+            body = self._engine_body(plan, request, round_, tools, widen)
             result = await self._run_engine(plan, body)
             if "error" in result:
                 return result
@@ -570,6 +574,10 @@ class PersonaAgent:
                 written = await _parse_written(content, tools, plan.messages)
                 calls = [written] if written is not None else []
                 record.written_call = written is not None
+            if self._cut_call(plan, record, guard, calls, widen):
+                widen = True  # the same round again, with room for the call
+                continue
+            widen = False
             client = [c for c in calls if not self._is_builtin_name(plan, c.name)]
             if client:  # built-in calls beside a client call are not the client's
                 self._round_record(plan, "tools", record, "client_calls", len(client))
@@ -605,6 +613,16 @@ class PersonaAgent:
             choice["finish_reason"] = "stop"
         return self._finish(plan, result)
 
+    def _cut_call(
+        self, plan: AgentPlan, record: _Round, guard: CallTextGuard, calls: Sequence[_Call], widened: bool
+    ) -> bool:
+        """Did the client's token budget cut off a call this round began (recorded as `cut_call`)? Once
+        per round: the widened round that follows has room for any call."""
+        cut = record.finish_reason == "length" and not widened and (guard.found or bool(calls))
+        if cut:
+            self._round_record(plan, "tools", record, "cut_call")
+        return cut
+
     async def _end_tool_round(
         self,
         plan: AgentPlan,
@@ -634,14 +652,14 @@ class PersonaAgent:
         """One choice, streamed: answer text is relayed as it comes (through the guard), built-in calls are
         held back and run, the client's calls are relayed as OpenAI `tool_calls` deltas."""
         tools, budget = self._offered(plan, request), answer_budget(request)
-        # With a budget smaller than a tool round's, a tool round's answer is sent only once it is known to
-        # fit; otherwise it streams from its first token.
-        live = budget is None or budget >= self.settings.tool_round_max_tokens
         state = _StreamState()
-        round_ = 0
+        round_, widen = 0, False
         while self._tool_round(plan, tools, round_):
-            body = self._engine_body(plan, request, round_, tools)
+            body = self._engine_body(plan, request, round_, tools, widen)
             record, guard = _Round(), self._guard(plan, request)
+            # A round with the client's budget streams its answer as it comes; a widened one may write past
+            # that budget, so its answer is sent only once it is known to fit.
+            live = not (widen or self._forced(plan, round_))
             async for out in self._stream_round(plan, body, record, guard, state, live):
                 yield out
             if record.error:
@@ -649,11 +667,15 @@ class PersonaAgent:
             if record.relayed:
                 self._round_record(plan, "tools", record, "client_calls", len(record.relayed))
                 if record.held:
-                    yield state.chunk({"content": "".join(record.held)})
+                    yield "".join(state.chunk({"content": piece}) for piece in record.held)
                 async for out in self._stream_end(plan, request, state, "tool_calls"):
                     yield out
                 return
             calls = [c for c in record.calls.values() if self._is_builtin_name(plan, c.name)]
+            if self._cut_call(plan, record, guard, calls, widen):
+                widen = True  # the same round again, with room for the call
+                continue
+            widen = False
             if not calls and guard.found and not state.shown:
                 written = await _parse_written(guard.text, tools, plan.messages)
                 record.written_call = written is not None
@@ -671,7 +693,7 @@ class PersonaAgent:
             if step == "answer_round":
                 break
             if record.held:
-                yield state.chunk({"content": "".join(record.held)})
+                yield "".join(state.chunk({"content": piece}) for piece in record.held)
             async for out in self._stream_end(plan, request, state, record.finish_reason or "stop"):
                 yield out
             return

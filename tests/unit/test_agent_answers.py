@@ -64,17 +64,18 @@ async def test_every_way_the_tool_rounds_end_leads_to_the_answer_round() -> None
     assert answer == "fine" and [r.outcome for r in plan.rounds] == ["builtin_calls", "answer"]
 
 
-async def test_max_tokens_bounds_the_answer_and_tool_rounds_have_their_own_budget() -> None:
+async def test_max_tokens_bounds_the_answer_and_a_call_it_cuts_off_gets_room() -> None:
     long_answer = " ".join(f"w{i}" for i in range(40))
+    written = '{"name": "search_memory", "arguments": {"query": "films I liked last year"}}'  # 9 "tokens"
     for stream in (False, True):
-        agent, engine, _ = _agent(
-            [[call("search_memory", {"query": "films"})], long_answer, long_answer], auto_memory_search=False
-        )
+        agent, engine, memory = _agent([written, written, long_answer], auto_memory_search=False)
         plan = await agent.prepare("u1", [{"role": "user", "content": "Say hi."}])
         items = [i async for i in agent.generate(plan, {"stream": stream, "max_tokens": 8})]
-        # Tool rounds get `tool_round_max_tokens` (a call must fit); the answer gets the client's 8.
-        assert [b.get("max_tokens") for b in engine.bodies] == [128, 128, 8]
-        assert [r.outcome for r in plan.rounds] == ["builtin_calls", "over_budget", "answer"]
+        # The client's 8 tokens cut the call off: the same round again with `tool_round_max_tokens`, the
+        # call runs, and the next round answers within the client's budget.
+        assert [b.get("max_tokens") for b in engine.bodies] == [8, 128, 8], stream
+        assert [r.outcome for r in plan.rounds] == ["cut_call", "builtin_calls", "answer"]
+        assert memory.searches == ["films I liked last year"]
         if stream:
             events = _events(items)
             text = "".join(c["delta"].get("content") or "" for e in events for c in e["choices"])
@@ -82,18 +83,18 @@ async def test_max_tokens_bounds_the_answer_and_tool_rounds_have_their_own_budge
         else:
             text = items[0]["choices"][0]["message"]["content"]
             finish = [items[0]["choices"][0]["finish_reason"]]
+            # Every round counts in usage; the trace has each round's tokens.
+            assert items[0]["usage"]["completion_tokens"] == 8 + 9 + 8
         assert text.split() == long_answer.split()[:8] and finish == ["length"], (stream, text)
-        # The tool rounds count in usage (3 engine calls) and are reported apart, per round.
-        usage = items[0]["usage"] if not stream else None
-        if usage is not None:
-            assert usage["completion_tokens"] == 3 + 40 + 8
-        assert [r.completion_tokens for r in plan.rounds] == [3, 40, 8]
-    # Over the budget in the first round: the answer round, told to answer, without the tool listing.
-    agent, engine, _ = _agent([long_answer, long_answer], auto_memory_search=False)
+        assert '"name"' not in text
+        assert [r.completion_tokens for r in plan.rounds] == [8, 9, 8]
+    # A widened round that answers instead, past the client's budget: the answer round writes it in 8.
+    agent, engine, _ = _agent([written, long_answer, long_answer], auto_memory_search=False)
     plan = await agent.prepare("u1", [{"role": "user", "content": "Say hi."}])
     answer, _ = await _respond(agent, plan, stream=False)
-    assert answer.split() == long_answer.split()[:8] and engine.bodies[1]["max_tokens"] == 8
-    assert engine.bodies[1]["messages"][-1]["content"] == FINAL_ANSWER.render()
+    assert answer.split() == long_answer.split()[:8] and [b.get("max_tokens") for b in engine.bodies] == [8, 128, 8]
+    assert [r.outcome for r in plan.rounds] == ["cut_call", "over_budget", "answer"]
+    assert engine.bodies[2]["messages"][-1]["content"] == FINAL_ANSWER.render()
     # An answer within the budget in a tool round is the answer: one engine call.
     agent, engine, _ = _agent(["hi there"], auto_memory_search=False)
     plan = await agent.prepare("u1", [{"role": "user", "content": "Say hi."}])
@@ -101,13 +102,14 @@ async def test_max_tokens_bounds_the_answer_and_tool_rounds_have_their_own_budge
     assert answer.strip() == "hi there" and len(engine.bodies) == 1
 
 
-async def test_a_small_budget_holds_a_tool_round_answer_until_it_is_known_to_fit() -> None:
-    agent, _, _ = _agent(["one two three"], auto_memory_search=False)
+async def test_a_tool_round_answer_streams_as_it_comes_within_the_clients_budget() -> None:
+    agent, engine, _ = _agent(["one two three"], auto_memory_search=False)
     plan = await agent.prepare("u1", [{"role": "user", "content": "q"}])
     items = [i async for i in agent.generate(plan, {"stream": True, "max_tokens": 8})]
+    assert engine.bodies[0]["max_tokens"] == 8  # the client's budget: nothing to hold back
     events = _events(items)
-    text = "".join(c["delta"].get("content") or "" for e in events for c in e["choices"])
-    assert text == "one two three"
+    pieces = [c["delta"]["content"] for e in events for c in e["choices"] if c["delta"].get("content")]
+    assert "".join(pieces) == "one two three" and len(pieces) == 3
     assert events[-1]["choices"][0]["finish_reason"] == "stop"
 
 

@@ -242,8 +242,8 @@ async def test_forced_tool_applies_to_the_first_round_only() -> None:
     plan = await agent.prepare("u1", [{"role": "user", "content": "q"}], tool_choice=forced)
     await _respond(agent, plan, stream=False)
     assert engine.bodies[0]["tool_choice"] == forced and engine.bodies[1]["tool_choice"] == "auto"
-    # Tool rounds have their own budget: the answer's (8) does not cut a call off.
-    assert engine.bodies[0]["max_tokens"] == 128 and engine.bodies[1]["max_tokens"] == 128
+    # The forced round writes only the call: the answer's budget (8) does not cut it off.
+    assert engine.bodies[0]["max_tokens"] == 128 and engine.bodies[1]["max_tokens"] == 8
     # After the client's tool result comes back, the forced choice no longer applies.
     agent, engine, _ = _agent(["ok"], auto_memory_search=False)
     msgs = [{"role": "user", "content": "q"}, {"role": "assistant", "content": None,
