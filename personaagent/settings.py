@@ -189,8 +189,8 @@ class AgentSettings(BaseModel):
     tool_round_max_tokens: int = Field(
         128,
         ge=16,
-        description="token budget of a generation that offers tools when the request's max_tokens is "
-        "smaller (a call must fit); the answer itself stays within the request's max_tokens",
+        description="token budget of a tool round that must write a call (forced, or again after the "
+        "request's max_tokens cut a call off) when max_tokens is smaller; answers stay within max_tokens",
     )
     observation_chars: int = Field(1200, ge=100, description="per tool result, in the prompt")
     trace_result_chars: int = Field(200, ge=20, description="per tool result, in the response trace")
