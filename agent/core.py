@@ -68,7 +68,8 @@ class RoundRecord(BaseModel):
     kind: Literal["tools", "answer"] = Field(description="tools offered, or the answer round (no tools)")
     outcome: str = Field(
         description="builtin_calls, client_calls, answer; why a tool round's text was not the answer: "
-        "repeated_calls, call_text, over_budget; call_text_dropped: the answer round wrote call text"
+        "repeated_calls, call_text, over_budget, empty, cut_call (the same round again with room for the "
+        "call); call_text_dropped: the answer round wrote call text"
     )
     finish_reason: str | None = None
     prompt_tokens: int = 0
@@ -103,6 +104,8 @@ class AgentPlan(BaseModel):
     usage: TokenUsage = Field(default_factory=TokenUsage, description="every engine call of this request")
     tool_llm_calls: int = 0
     rounds: list[RoundRecord] = Field(default_factory=list)
+    base_turns: int = Field(0, description="messages of the prompt before any tool round")
+    observations: list[str] = Field(default_factory=list, description="what the built-in tools returned")
 
     @property
     def memory_ids(self) -> list[int]:
@@ -334,6 +337,8 @@ def _round_failure(guard: CallTextGuard, record: _Round, budget: int | None) -> 
     """Why a tool round's answer cannot be the answer, or None: call text in it, or over the budget."""
     if guard.found:
         return "call_text"
+    if not guard.text.strip():
+        return "empty"
     if budget is not None and int((record.usage or {}).get("completion_tokens") or 0) > budget:
         return "over_budget"
     return None
@@ -428,6 +433,7 @@ class PersonaAgent:
                 conversation = _with_history(conversation, hits)
         system = self._system_prompt(persona, tools, self.tools_in_template)
         plan.messages = ([{"role": "system", "content": system}] if system else []) + conversation
+        plan.base_turns = len(plan.messages)
         return plan
 
     async def _priming_search(self, plan: AgentPlan, query: str) -> list[MemoryHit]:
@@ -507,12 +513,20 @@ class PersonaAgent:
 
     @staticmethod
     def _answer_messages(plan: AgentPlan) -> list[dict[str, Any]]:
-        """The answer round's prompt: the persona without the tool listing, the conversation with what the
-        tool rounds found, and the instruction to answer now."""
-        messages = list(plan.messages)
+        """The answer round's prompt: the persona without the tool listing, the conversation as the client
+        sent it, then what the tools returned (quoted data) and the instruction to answer now. The tool
+        rounds' own call turns are left out: a small model shown calls writes another one."""
+        messages = list(plan.messages[: plan.base_turns])
         if messages and messages[0].get("role") == "system":
             messages = ([{"role": "system", "content": plan.persona}] if plan.persona else []) + messages[1:]
-        return [*messages, {"role": "user", "content": FINAL_ANSWER.render()}]
+        tail = FINAL_ANSWER.render()
+        if plan.observations:
+            tail = f"{TOOL_CONTEXT.render(observations=_quoted(plan.observations))}\n\n{tail}"
+        last = messages[-1] if messages else {}
+        if last.get("role") == "user" and isinstance(last.get("content"), str):
+            # One user turn, not two in a row: some chat templates insist that roles alternate.
+            return [*messages[:-1], {**last, "content": f"{last['content']}\n\n{tail}"}]
+        return [*messages, {"role": "user", "content": tail}]
 
     def _round_record(
         self, plan: AgentPlan, kind: str, round_: _Round, outcome: str, calls: int = 0
@@ -618,7 +632,9 @@ class PersonaAgent:
     ) -> bool:
         """Did the client's token budget cut off a call this round began (recorded as `cut_call`)? Once
         per round: the widened round that follows has room for any call."""
-        cut = record.finish_reason == "length" and not widened and (guard.found or bool(calls))
+        # Nothing written at all: vLLM's streaming parser holds back a call it is still reading.
+        begun = guard.found or bool(calls) or not guard.text.strip()
+        cut = record.finish_reason == "length" and not widened and begun
         if cut:
             self._round_record(plan, "tools", record, "cut_call")
         return cut
@@ -873,6 +889,7 @@ class PersonaAgent:
             return False
         plan.tool_llm_calls += 1
         results = [await self._run_step(plan, call.name, arguments) for call, arguments in fresh]
+        plan.observations.extend(results)
         text = _text(content).strip()
         if plan.tools_in_template:
             plan.messages = [

@@ -37,8 +37,12 @@ async def test_a_model_that_only_writes_calls_still_gets_an_answer_without_call_
             assert answer == NO_ANSWER  # the answer round wrote only call text too
             assert len(engine.bodies) == 4 and "tools" not in engine.bodies[-1]
             final = engine.bodies[-1]["messages"]
-            assert final[-1] == {"role": "user", "content": FINAL_ANSWER.render()}
-            assert "# Tools" not in final[0]["content"]  # the persona without the tool listing
+            # The question as asked, what the tools returned (quoted), and the instruction, in one user
+            # turn; the persona without the tool listing; none of the rounds' call turns to imitate.
+            assert [m["role"] for m in final] == ["system", "user"] and "# Tools" not in final[0]["content"]
+            ask = final[-1]["content"]
+            assert ask.startswith("Say hi.") and ask.endswith(FINAL_ANSWER.render()), ask
+            assert ask.count('<data kind="tool_result">') == 3 and "<tool_call>" not in ask
             assert [r.kind for r in plan.rounds] == ["tools"] * 3 + ["answer"]
             assert plan.rounds[-1].outcome == "call_text_dropped"
 
@@ -56,7 +60,13 @@ async def test_every_way_the_tool_rounds_end_leads_to_the_answer_round() -> None
             answer, _ = await _respond(agent, plan, stream)
             assert answer.endswith("here you go") and '"name"' not in answer, (outcome, stream, answer)
             assert plan.rounds[1].outcome == outcome and plan.rounds[-1].kind == "answer"
-            assert engine.bodies[-1]["messages"][-1]["content"] == FINAL_ANSWER.render()
+            assert engine.bodies[-1]["messages"][-1]["content"].endswith(FINAL_ANSWER.render())
+    # An empty answer in a tool round (vLLM's parser held back a call it could not finish) is no answer.
+    for stream in (False, True):
+        agent, engine, _ = _agent(["", "here you go"], auto_memory_search=False)
+        plan = await agent.prepare("u1", [{"role": "user", "content": "Say hi."}])
+        answer, _ = await _respond(agent, plan, stream)
+        assert answer.endswith("here you go") and [r.outcome for r in plan.rounds] == ["empty", "answer"]
     # A failing tool is an observation; the model then answers in a tool round, which is the answer.
     agent, engine, _ = _agent([[call("search_documents", {"query": "x"})], "fine"], auto_memory_search=False)
     plan = await agent.prepare("u1", [{"role": "user", "content": "q"}])
@@ -94,7 +104,7 @@ async def test_max_tokens_bounds_the_answer_and_a_call_it_cuts_off_gets_room() -
     answer, _ = await _respond(agent, plan, stream=False)
     assert answer.split() == long_answer.split()[:8] and [b.get("max_tokens") for b in engine.bodies] == [8, 128, 8]
     assert [r.outcome for r in plan.rounds] == ["cut_call", "over_budget", "answer"]
-    assert engine.bodies[2]["messages"][-1]["content"] == FINAL_ANSWER.render()
+    assert engine.bodies[2]["messages"][-1]["content"].endswith(FINAL_ANSWER.render())
     # An answer within the budget in a tool round is the answer: one engine call.
     agent, engine, _ = _agent(["hi there"], auto_memory_search=False)
     plan = await agent.prepare("u1", [{"role": "user", "content": "Say hi."}])
