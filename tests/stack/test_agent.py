@@ -320,11 +320,12 @@ def test_n_choices_personalized_each_finish_and_each_is_written_back(stack: Stac
 
 
 def test_a_degenerate_answer_never_holds_up_the_ingress(stack: Stack, two_users: dict[str, list[int]]) -> None:
-    """A personalized answer forced to a code fence and a long run of spaces (small models degenerate into
-    these) is read in linear time: /health answers quickly throughout."""
+    """A personalized answer forced to a code fence and a run of spaces (small models degenerate into these)
+    comes back intact while /health keeps answering. The time bound itself (linear; a fence and 100,000
+    spaces) is tests/unit/test_written_calls.py's: here generating each space costs the engine far more."""
     import threading
 
-    spaces = 1200
+    spaces = 300
     done = threading.Event()
     health: list[float] = []
 
@@ -338,7 +339,7 @@ def test_a_degenerate_answer_never_holds_up_the_ingress(stack: Stack, two_users:
     poller = threading.Thread(target=poll)
     poller.start()
     try:
-        resp = stack.openai().chat.completions.create(
+        resp = stack.openai().with_options(timeout=600).chat.completions.create(
             model=MODEL, user="ag-romance", messages=[{"role": "user", "content": "hi"}], max_tokens=spaces + 8,
             extra_body={"structured_outputs": {"regex": "```" + " {" + str(spaces) + "}done"}},
         )  # fmt: skip
@@ -346,7 +347,8 @@ def test_a_degenerate_answer_never_holds_up_the_ingress(stack: Stack, two_users:
         done.set()
         poller.join()
     assert resp.choices[0].message.content == "```" + " " * spaces + "done"
-    assert health and max(health) < 2.0, max(health)
+    # Generous for a busy machine; before the fix a fence and 2,400 spaces held /health for 10 s.
+    assert health and max(health) < 5.0, max(health)
 
 
 def test_a_requested_format_wins_over_tools_and_is_never_read_as_a_call(
