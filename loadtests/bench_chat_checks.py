@@ -60,12 +60,13 @@ def main() -> None:
     parser.add_argument("--url", default=None, help="use this running server instead of starting one")
     parser.add_argument("--api-key", default="not-needed")
     parser.add_argument("--max-tokens", type=int, default=64, help="the answer's budget, as a client sets it")
+    parser.add_argument("--users", type=int, default=None, help="only the first N users of the set (quick runs)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("loadtests/results/bench_chat_checks.json"))
     args = parser.parse_args()
     console = Console()
     rng = random.Random(args.seed)
-    checks = json.loads(CHECKS.read_text())["users"]
+    checks = json.loads(CHECKS.read_text())["users"][: args.users]
     server = None
     if args.url is None:
         settings = load_settings(args.config)
