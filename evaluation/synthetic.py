@@ -2,7 +2,7 @@
 
     python -m evaluation.synthetic --out evaluation/data/synthetic [--users 16] [--profile 12] [--seed 0]
 
-Two splits of different users: `dev` (what the README reports) and `train` (drawn from another random stream,
+Two splits of different users: `dev` (what the docs report) and `train` (drawn from another random stream,
 ids "syn-train-..."): prompts and settings are tuned on `train`, never on `dev`.
 
 Every user follows a personal rule that their profile reveals and the question needs:
