@@ -564,28 +564,38 @@ class PersonaAgent:
         plan.usage.add_openai(result.get("usage"))
         return result
 
+    async def _whole_round(
+        self, plan: AgentPlan, request: dict[str, Any], body: dict[str, Any]
+    ) -> tuple[dict[str, Any], _Round, CallTextGuard, str]:
+        """One round, not streamed: the engine's result, the round read from it, its guard, and the text the
+        client may see (`record.error`: the result is the engine's error)."""
+        result = await self._run_engine(plan, body)
+        guard = self._guard(plan, request)
+        if "error" in result:
+            return result, _Round(error=True), guard, ""
+        choice = result["choices"][0]
+        record = _Round(finish_reason=choice.get("finish_reason"), usage=result.get("usage"))
+        content = (choice.get("message") or {}).get("content") or ""
+        return result, record, guard, guard.feed(content) + guard.close(record.finish_reason == "length")
+
     async def _complete(self, plan: AgentPlan, request: dict[str, Any]) -> dict[str, Any]:
         """One choice, not streamed."""
         tools, budget = self._offered(plan, request), answer_budget(request)
         round_, widen = 0, False
         while self._tool_round(plan, tools, round_):
             body = self._engine_body(plan, request, round_, tools, widen)
-            result = await self._run_engine(plan, body)
-            if "error" in result:
+            result, record, guard, shown = await self._whole_round(plan, request, body)
+            if record.error:
                 return result
             choice = result["choices"][0]
             message = choice.get("message") or {}
-            record = _Round(finish_reason=choice.get("finish_reason"), usage=result.get("usage"))
-            guard = self._guard(plan, request)
-            content = message.get("content") or ""
-            shown = guard.feed(content) + guard.close(record.finish_reason == "length")
             calls = [
                 _Call(id=c.get("id", ""), name=(c.get("function") or {}).get("name", ""),
                       arguments=(c.get("function") or {}).get("arguments", ""), index=n)
                 for n, c in enumerate(message.get("tool_calls") or [])
             ]  # fmt: skip
             if not calls and guard.found:
-                written = await _parse_written(content, tools, plan.messages)
+                written = await _parse_written(guard.text, tools, plan.messages)
                 calls = [written] if written is not None else []
                 record.written_call = written is not None
             if self._cut_call(plan, record, guard, calls, widen):
@@ -609,15 +619,13 @@ class PersonaAgent:
             return self._finish(plan, result)
         # The answer round: no tools; after tool rounds, with the instruction to answer from what there is.
         after_tools = self._tool_round(plan, tools, 0)
-        result = await self._run_engine(plan, self._answer_body(plan, request, after_tools))
-        if "error" in result:
+        result, record, guard, content = await self._whole_round(
+            plan, request, self._answer_body(plan, request, after_tools)
+        )
+        if record.error:
             return result
         choice = result["choices"][0]
         message = choice.get("message") or {}
-        record = _Round(finish_reason=choice.get("finish_reason"), usage=result.get("usage"))
-        guard = self._guard(plan, request)
-        content = message.get("content") or ""
-        content = guard.feed(content) + guard.close(record.finish_reason == "length")
         if guard.found and not content.strip() and not constrains_output(request):
             content = NO_ANSWER  # under a requested format, an apology would break it: the text stays empty
         self._round_record(plan, "answer", record, "call_text_dropped" if guard.found else "answer")
