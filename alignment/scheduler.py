@@ -10,12 +10,12 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
 from alignment.job_errors import short_reason
-from alignment.jobs import AlignmentJob, JobStore
+from alignment.jobs import AlignmentJob, JobQueue, new_worker_id
 from alignment.loop import AlignmentOutcome
 from memory.records import PersonaVersion, utcnow
 from personaagent.settings import AlignmentSettings
@@ -54,14 +54,16 @@ class AlignmentMetrics:
 class AlignmentScheduler:
     def __init__(
         self,
-        jobs: JobStore,
+        jobs: JobQueue,
         memory: SchedulerMemory,
         align: AlignOnWorker,
         workers: int,
         settings: AlignmentSettings,
         sleep: Sleep = asyncio.sleep,
+        worker_id: str | None = None,
     ) -> None:
         self.jobs = jobs
+        self.worker = worker_id or new_worker_id()  # whose leases this scheduler's claims hold
         self.memory = memory
         self.align = align
         self.workers = workers
@@ -71,16 +73,16 @@ class AlignmentScheduler:
         self._wakeup = asyncio.Event()
         self._faults: dict[str, int] = {}
         self._running: dict[str, asyncio.Task[dict[str, Any] | None]] = {}  # user id -> its job's work
+        self._held: set[str] = set()  # ids of the claimed jobs not finished yet: their leases are renewed
         self.prune()
         if self.jobs.queued():
             self._wakeup.set()
 
     async def enqueue(self, user_id: str, reason: str, fail_after_calls: int | None = None) -> AlignmentJob:
         """Queue an alignment for the user; a user already queued or running keeps its one job."""
-        existing = self.jobs.open_job_for(user_id)
-        if existing is not None:
-            return existing
-        job = self.jobs.create(user_id, reason)
+        job, created = self.jobs.open_or_create(user_id, reason)  # one decision, across replicas too
+        if not created:
+            return job
         if fail_after_calls is not None:
             self._faults[job.id] = fail_after_calls
         self.metrics.queue_depth.set(len(self.jobs.queued()))
@@ -107,24 +109,44 @@ class AlignmentScheduler:
 
     # -- the rounds --------------------------------------------------------------------------------
 
+    def claim_round(self) -> list[AlignmentJob]:
+        """The next round's jobs, claimed under this scheduler's lease (oldest first)."""
+        return self.jobs.claim(self.worker, self.settings.round_size)
+
     async def run_forever(self) -> None:
         while True:
-            await self._wakeup.wait()
-            await self._sleep(self.settings.round_wait_s)  # let the rest of a batch arrive
+            try:  # woken by an enqueue; else a look once per lease, for jobs whose worker died elsewhere
+                await asyncio.wait_for(self._wakeup.wait(), timeout=self.jobs.lease_s)
+            except TimeoutError:
+                pass
+            if self._wakeup.is_set():
+                await self._sleep(self.settings.round_wait_s)  # let the rest of a batch arrive
             self._wakeup.clear()
             try:
-                while batch := self.jobs.queued()[: self.settings.round_size]:
+                while batch := self.claim_round():
                     await self.round(batch)
                 self.prune()
             except Exception:  # a broken job store must not end the loop for good
                 logger.exception("alignment round failed")
 
     async def round(self, jobs: list[AlignmentJob]) -> None:
+        """Run jobs this scheduler claimed (`claim_round`), renewing their leases until each ends."""
         self.metrics.rounds.inc()
-        for job in jobs:
-            self.jobs.update(job.id, "running")
+        self._held.update(job.id for job in jobs)
         self.metrics.queue_depth.set(len(self.jobs.queued()))
-        await asyncio.gather(*(self.run_job(n, job) for n, job in enumerate(jobs)))
+        renewal = asyncio.ensure_future(self._renew_leases())
+        try:
+            await asyncio.gather(*(self.run_job(n, job) for n, job in enumerate(jobs)))
+        finally:
+            renewal.cancel()
+
+    async def _renew_leases(self) -> None:
+        while True:
+            await asyncio.sleep(self.jobs.lease_s / 3)
+            try:
+                self.jobs.renew(self.worker, sorted(self._held))
+            except Exception:  # the next renewal tries again; a lease lost meanwhile ends in `finish`
+                logger.exception("renewing alignment job leases failed")
 
     async def run_job(self, n: int, job: AlignmentJob) -> None:
         """One user's alignment, its persona write included; whatever fails, fails this job alone."""
@@ -147,15 +169,28 @@ class AlignmentScheduler:
         else:
             if result is not None:
                 self.metrics.users.labels("accepted" if result.get("accepted") else "rejected").inc()
-                self.jobs.update(job.id, "done", result=result)
+                self._finish(job, "done", result=result)
+            else:  # no such user (any more): its row is usually gone with it; if not, it ends here
+                self.jobs.finish(job.id, self.worker, "failed", error="the user was deleted")
         finally:
             self._faults.pop(job.id, None)
+            self._held.discard(job.id)
             if self._running.get(job.user_id) is work:
                 self._running.pop(job.user_id)
 
+    def _finish(
+        self, job: AlignmentJob, state: Literal["done", "failed"], result: dict[str, Any] | None = None,
+        error: str | None = None,
+    ) -> None:  # fmt: skip
+        if not self.jobs.finish(job.id, self.worker, state, result=result, error=error):
+            # Its lease ran out and another worker took it (or its user was deleted): that run ends it.
+            logger.warning(
+                "alignment job %s was no longer held by %s: its result is not stored", job.id, self.worker
+            )
+
     def _fail(self, job: AlignmentJob, error: str) -> None:
         self.metrics.users.labels("failed").inc()
-        self.jobs.update(job.id, "failed", error=error[:500])
+        self._finish(job, "failed", error=error[:500])
 
     async def _align_and_store(self, n: int, job: AlignmentJob) -> dict[str, Any] | None:
         # The current persona, or the initial one created now; never re-creates a user deleted since the

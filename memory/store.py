@@ -1,5 +1,6 @@
-"""Durable per-user store (the source of truth). SQLite by default; the `Store` protocol is the seam
-where a server database (PostgreSQL via SQLAlchemy/psycopg) plugs in for multi-node deployments.
+"""Durable per-user store (the source of truth): the `Store` protocol and its SQLite implementation, the
+embedded default. `memory/pg_store.py` implements the same protocol on PostgreSQL for several replicas
+(`store.url`); `memory/backends.py` picks one.
 
 Every write runs in one transaction and is committed before the method returns, so an API that
 acknowledges after calling it never acknowledges a write that a crash could lose (WAL, synchronous=FULL).
@@ -11,6 +12,11 @@ the id and a counter) that a delete increments. Only an explicit start (an impor
 user; every other write names the generation its operation began with and is refused (`UserDeleted`)
 inside its own transaction when the user is gone or is a newer incarnation, so an operation that began
 before a DELETE never re-creates the user.
+
+Every user row carries a version: a number drawn from one store-wide counter when the user is created and
+again by every write that changes what their index holds (adding interactions). Drawn store-wide, a
+number never repeats, not even for a user deleted and created again, so a per-replica index cache that
+remembers the version it loaded can tell with one primary-key read (`user_version`) whether it is current.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
@@ -43,8 +49,14 @@ CREATE TABLE IF NOT EXISTS users (
     user_id TEXT PRIMARY KEY,
     created_at TEXT NOT NULL,
     interactions_since_profile INTEGER NOT NULL DEFAULT 0,
-    ground_truth_since_alignment INTEGER NOT NULL DEFAULT 0
+    ground_truth_since_alignment INTEGER NOT NULL DEFAULT 0,
+    version INTEGER NOT NULL DEFAULT 0
 );
+CREATE TABLE IF NOT EXISTS version_counter (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    value INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO version_counter(id, value) VALUES (1, 0);
 CREATE TABLE IF NOT EXISTS interactions (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     user_id TEXT NOT NULL REFERENCES users(user_id) ON DELETE CASCADE,
@@ -83,6 +95,20 @@ CREATE TABLE IF NOT EXISTS user_generations (
 """
 
 
+class UserVectors(NamedTuple):
+    """What a user's index is loaded from, read in one snapshot: the user's `version` (None: no such
+    user), `generation`, and the ids and vectors of their interactions in id order.
+
+    Ids of one user grow in commit order (writes of one user are serialized), so an index that loaded up
+    to id N catches up with the rows after N, as long as the generation is the one it loaded: a changed
+    generation means a delete happened in between, and only a full load is right then."""
+
+    version: int | None
+    generation: int
+    ids: np.ndarray
+    vectors: np.ndarray
+
+
 class Store(Protocol):
     """What the memory service needs from a database."""
 
@@ -99,6 +125,8 @@ class Store(Protocol):
     def ensure_user(self, user_id: str) -> UserRecord: ...
     def open_user(self, user_id: str) -> int: ...
     def user_generation(self, user_id: str) -> int | None: ...
+    def user_version(self, user_id: str) -> int | None: ...
+    def user_vectors(self, user_id: str, after_id: int | None = None) -> UserVectors: ...
     def list_user_ids(self) -> list[str]: ...
     def get_interactions(self, ids: Sequence[int]) -> list[Interaction]: ...
     def list_interactions(self, user_id: str, limit: int | None = None) -> list[Interaction]: ...
@@ -140,14 +168,11 @@ def _item_bytes(item: InteractionIn) -> int:
     return len(item.input.encode()) + len((item.output or "").encode())
 
 
-def _check_quota(
-    conn: sqlite3.Connection, user_id: str, items: Sequence[InteractionIn], max_items: int, max_bytes: int
+def check_quota(
+    user_id: str, held: tuple[int, int], items: Sequence[InteractionIn], max_items: int, max_bytes: int
 ) -> None:
-    count, size = conn.execute(
-        "SELECT COUNT(*), COALESCE(SUM(LENGTH(CAST(input AS BLOB)) + LENGTH(CAST(COALESCE(output, '') AS BLOB))), 0)"
-        " FROM interactions WHERE user_id = ?",
-        (user_id,),
-    ).fetchone()
+    """`held`: (interactions, UTF-8 bytes) the user holds, read inside the write's transaction."""
+    count, size = held
     new_bytes = sum(_item_bytes(i) for i in items)
     if count + len(items) > max_items:
         raise StorageQuotaExceeded(
@@ -159,6 +184,18 @@ def _check_quota(
             f"user '{user_id}' holds {size} bytes of interactions; {new_bytes} more would pass the limit of "
             f"{max_bytes} (memory.max_bytes_per_user)"
         )
+
+
+def vector_bytes(vector: np.ndarray) -> bytes:
+    """How an embedding is stored: float32, native byte order (what `vectors_from_bytes` reads)."""
+    return np.asarray(vector, dtype=np.float32).tobytes()
+
+
+def vectors_from_bytes(blobs: Sequence[bytes]) -> np.ndarray:
+    """Stored embeddings as one (n, dim) float32 matrix; (0, 0) for none."""
+    if not blobs:
+        return np.zeros((0, 0), dtype=np.float32)
+    return np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(blobs), -1)
 
 
 def _keep_newest(conn: sqlite3.Connection, table: str, user_id: str, version: int, keep: int | None) -> None:
@@ -177,6 +214,8 @@ class SQLiteStore:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._db = SQLiteFile(path, SCHEMA)
+        # Files written before 2026-12 have no version column yet.
+        self._db.add_missing_columns("users", {"version": "INTEGER NOT NULL DEFAULT 0"})
 
     def _tx(self) -> AbstractContextManager[sqlite3.Connection]:
         return self._db.transaction()
@@ -191,11 +230,20 @@ class SQLiteStore:
         row = conn.execute("SELECT generation FROM user_generations WHERE user_id = ?", (user_id,)).fetchone()
         return int(row[0]) if row else 0
 
+    @staticmethod
+    def _next_user_version(conn: sqlite3.Connection) -> int:
+        """A number from the store-wide counter: never handed out twice (see the module docstring)."""
+        return int(conn.execute("UPDATE version_counter SET value = value + 1 RETURNING value").fetchone()[0])
+
     def _ensure_user(self, conn: sqlite3.Connection, user_id: str) -> int:
         """An explicit start (import, new chat): create the user if missing; its generation."""
-        conn.execute(
+        created = conn.execute(
             "INSERT OR IGNORE INTO users(user_id, created_at) VALUES (?, ?)", (user_id, _ts(utcnow()))
-        )
+        ).rowcount
+        if created:
+            conn.execute(
+                "UPDATE users SET version = ? WHERE user_id = ?", (self._next_user_version(conn), user_id)
+            )
         return self._generation(conn, user_id)
 
     def _require_user(self, conn: sqlite3.Connection, user_id: str, generation: int | None) -> None:
@@ -219,8 +267,32 @@ class SQLiteStore:
         )
         return int(rows[0][0]) if rows else None
 
+    def user_version(self, user_id: str) -> int | None:
+        """The user's version (see the module docstring); None when there is no such user."""
+        rows = self._query("SELECT version FROM users WHERE user_id = ?", (user_id,))
+        return int(rows[0][0]) if rows else None
+
+    def user_vectors(self, user_id: str, after_id: int | None = None) -> UserVectors:
+        """The user's version, generation and stored vectors (those after `after_id`, if given), from one
+        snapshot: what a per-replica index cache loads or catches up from."""
+        with self._tx() as conn:  # the file's one connection: no write comes between these reads
+            row = conn.execute("SELECT version FROM users WHERE user_id = ?", (user_id,)).fetchone()
+            generation = self._generation(conn, user_id)
+            rows = conn.execute(
+                "SELECT id, embedding FROM interactions WHERE user_id = ? AND id > ? ORDER BY id",
+                (user_id, -1 if after_id is None else after_id),
+            ).fetchall()
+        return UserVectors(
+            version=int(row[0]) if row else None,
+            generation=generation,
+            ids=np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows)),
+            vectors=vectors_from_bytes([r[1] for r in rows]),
+        )
+
+    _USER_COLUMNS = "user_id, created_at, interactions_since_profile, ground_truth_since_alignment"
+
     def get_user(self, user_id: str) -> UserRecord | None:
-        rows = self._query("SELECT * FROM users WHERE user_id = ?", (user_id,))
+        rows = self._query(f"SELECT {self._USER_COLUMNS} FROM users WHERE user_id = ?", (user_id,))
         return UserRecord(**dict(rows[0])) if rows else None
 
     def ensure_user(self, user_id: str) -> UserRecord:
@@ -271,7 +343,12 @@ class SQLiteStore:
             else:
                 self._require_user(conn, user_id, generation)
             if quota is not None:
-                _check_quota(conn, user_id, items, *quota)
+                held = conn.execute(
+                    "SELECT COUNT(*), COALESCE(SUM(LENGTH(CAST(input AS BLOB))"
+                    " + LENGTH(CAST(COALESCE(output, '') AS BLOB))), 0) FROM interactions WHERE user_id = ?",
+                    (user_id,),
+                ).fetchone()
+                check_quota(user_id, (held[0], held[1]), items, *quota)
             for item, vector in zip(items, embeddings, strict=True):
                 cur = conn.execute(
                     "INSERT INTO interactions(user_id, input, output, timestamp, metadata, source, created_at,"
@@ -284,15 +361,16 @@ class SQLiteStore:
                         json.dumps(item.metadata),
                         source,
                         now,
-                        np.asarray(vector, dtype=np.float32).tobytes(),
+                        vector_bytes(vector),
                     ),
                 )
                 ids.append(int(cur.lastrowid or 0))
             with_truth = sum(1 for item in items if item.output is not None)
             conn.execute(
                 "UPDATE users SET interactions_since_profile = interactions_since_profile + ?,"
-                " ground_truth_since_alignment = ground_truth_since_alignment + ? WHERE user_id = ?",
-                (len(items), with_truth, user_id),
+                " ground_truth_since_alignment = ground_truth_since_alignment + ?, version = ?"
+                " WHERE user_id = ?",
+                (len(items), with_truth, self._next_user_version(conn), user_id),
             )
         return ids
 
@@ -331,9 +409,7 @@ class SQLiteStore:
         """(ids, vectors) of one user's interactions in id order: what their index is (re)loaded from."""
         rows = self._query("SELECT id, embedding FROM interactions WHERE user_id = ? ORDER BY id", (user_id,))
         ids = np.fromiter((r["id"] for r in rows), dtype=np.int64, count=len(rows))
-        if not rows:
-            return ids, np.zeros((0, 0), dtype=np.float32)
-        return ids, np.stack([np.frombuffer(r["embedding"], dtype=np.float32) for r in rows])
+        return ids, vectors_from_bytes([r["embedding"] for r in rows])
 
     def iter_embeddings(self) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
         """(user_id, ids, vectors) per user: everything the index needs to rebuild itself."""
@@ -366,7 +442,7 @@ class SQLiteStore:
             if completion_id is not None:
                 row = conn.execute(
                     "SELECT id, output FROM interactions WHERE user_id = ?"
-                    " AND json_extract(metadata, '$.completion_id') = ?",
+                    " AND json_extract(metadata, '$.completion_id') = ? ORDER BY id LIMIT 1",
                     (user_id, completion_id),
                 ).fetchone()
             else:

@@ -211,13 +211,13 @@ def cmd_docs_load(args: argparse.Namespace) -> int:
     """Chunk, embed and store documents; then ask a running server to reload its document index."""
     import httpx
 
-    from memory.documents import DocumentIndex
+    from memory.backends import open_documents
     from memory.embedder import Embedder
 
     settings = load_settings(args.config)
     Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
     embedder = Embedder(batch_size=settings.memory.embed_batch_size)
-    index = DocumentIndex(Path(settings.data_dir) / settings.memory.db_filename, embedder.dim)
+    index = open_documents(settings, embedder.dim)  # the SQLite file, or PostgreSQL (store.url)
     try:
         chunks = index.load(
             Path(args.path), embedder, max_files=settings.agent.max_documents_per_load, replace=args.replace

@@ -11,7 +11,7 @@ from enum import IntEnum
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -92,6 +92,11 @@ class ServerSettings(BaseModel):
     max_n: int = Field(
         8, ge=1, description="choices per chat request (`n`); more is 400: each choice is a full generation"
     )
+    max_prompts: int = Field(
+        16,
+        ge=1,
+        description="prompts per /v1/completions request; more is 400: each prompt (times `n`) is a generation",
+    )
     max_inflight_requests: int = Field(
         64,
         ge=1,
@@ -107,6 +112,12 @@ class ServerSettings(BaseModel):
     retry_after_s: int = Field(1, ge=1)
     ingress_replicas: int = Field(1, ge=1)
     health_timeout_s: float = Field(3.0, gt=0)
+    metrics_timeout_s: float = Field(
+        5.0,
+        gt=0,
+        description="how long /metrics waits for each deployment's replicas; one that has not answered by "
+        "then is missing from that scrape (personaagent_metrics_collect_errors)",
+    )
     shutdown_timeout_s: float = Field(
         8.0,
         gt=0,
@@ -163,6 +174,24 @@ class MemorySettings(BaseModel):
         None,
         description="Ray custom resource of the node that mounts data_dir (e.g. the head pod with the "
         "PersistentVolumeClaim); the memory and alignment deployments are placed there",
+    )
+
+
+class EmbeddingsSettings(BaseModel):
+    """`/v1/embeddings`, answered by the memory deployment's encoder (all-MiniLM-L6-v2, 384 dimensions)."""
+
+    served_model_name: str = Field("all-MiniLM-L6-v2", description="the model id clients name")
+    max_inputs: int = Field(2048, ge=1, description="inputs per request (OpenAI's own limit); more is 400")
+    max_input_chars: int = Field(
+        10_000, ge=1, description="characters (or token ids) per input; more is 400, before any tokenizing"
+    )
+    truncate: bool = Field(
+        False,
+        description="false: an input past the encoder's 256 tokens is 400 (as OpenAI and vLLM answer); "
+        "true: it is cut at 256 tokens, as the memory layer's own embeddings are",
+    )
+    batch_size: int = Field(
+        16, ge=1, description="requests whose inputs share one encoder call (the memory deployment's serve.batch)"
     )
 
 
@@ -281,6 +310,51 @@ class AuthSettings(BaseModel):
     )
 
 
+class StoreSettings(BaseModel):
+    """Where the state lives: SQLite files under data_dir (empty url), or one PostgreSQL database that every
+    memory and alignment replica shares (`PERSONAAGENT_STORE__URL=postgresql://user:pass@host/db`)."""
+
+    url: SecretStr = Field(
+        SecretStr(""),
+        description="empty: SQLite under data_dir; postgresql://...: users, interactions, profiles, personas, "
+        "documents, tombstones and alignment jobs in that database (a secret: never logged)",
+    )
+    pool_min_size: int = Field(1, ge=0, description="connections each pool keeps open")
+    pool_max_size: int = Field(
+        8, ge=1, description="connections per pool (one pool per memory replica, one per alignment replica)"
+    )
+    connect_timeout_s: float = Field(
+        10, gt=0, description="how long a start waits for the database, and a request for a free connection"
+    )
+    job_lease_s: float = Field(
+        60,
+        ge=1,
+        description="an alignment job's lease: its worker renews it while the job runs; a job whose worker "
+        "died is claimable again once the lease ran out",
+    )
+    job_max_attempts: int = Field(
+        3, ge=1, description="claims of one job before it ends `failed` (a job that kills its worker)"
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _postgres_url(cls, value: SecretStr) -> SecretStr:
+        url = value.get_secret_value()
+        if url and not url.startswith(("postgresql://", "postgres://")):
+            raise ValueError("store.url: empty (SQLite) or a postgresql:// URL")
+        return value
+
+    @model_validator(mode="after")
+    def _pool_bounds(self) -> StoreSettings:
+        if self.pool_min_size > self.pool_max_size:
+            raise ValueError("store.pool_min_size must not exceed store.pool_max_size")
+        return self
+
+    @property
+    def postgres(self) -> bool:
+        return bool(self.url.get_secret_value())
+
+
 class RaySettings(BaseModel):
     # Logical CPUs advertised to Ray: deployments reserve them for placement, vLLM's threads do the work.
     num_cpus: int = Field(8, ge=1)
@@ -295,9 +369,11 @@ class Settings(BaseSettings):
     engine: EngineSettings = Field(default_factory=EngineSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
     memory: MemorySettings = Field(default_factory=MemorySettings)
+    embeddings: EmbeddingsSettings = Field(default_factory=EmbeddingsSettings)
     agent: AgentSettings = Field(default_factory=AgentSettings)
     alignment: AlignmentSettings = Field(default_factory=AlignmentSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
+    store: StoreSettings = Field(default_factory=StoreSettings)
     ray: RaySettings = Field(default_factory=RaySettings)
 
     @classmethod

@@ -24,6 +24,15 @@ class SQLiteFile:
         self._conn.execute("PRAGMA foreign_keys=ON")
         self._conn.executescript(schema)
 
+    def add_missing_columns(self, table: str, columns: dict[str, str]) -> None:
+        """Columns added to `table` after files were written with the older schema (SQLite has no
+        ADD COLUMN IF NOT EXISTS). `columns`: name -> declaration, e.g. "INTEGER NOT NULL DEFAULT 0"."""
+        with self.transaction() as conn:
+            present = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+            for name, declaration in columns.items():
+                if name not in present:
+                    conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {declaration}")
+
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """All or nothing, committed (to disk) before the block's caller goes on."""

@@ -9,6 +9,10 @@ import pytest
 
 STACK_DIR = Path(__file__).parent / "stack"
 
+# `postgres_server` / `postgres_url`: a real PostgreSQL server for the tests that take them (skipped, with
+# what to install, where there is none).
+pytest_plugins = ["tests.postgres"]
+
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Everything under tests/stack carries the `stack` marker (`-m "not stack"` == tests/unit); tests

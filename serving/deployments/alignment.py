@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 from typing import Any
 
 import ray
 from ray import serve
 
-from alignment.jobs import AlignmentJob, JobStore
+from alignment.jobs import AlignmentJob, open_job_queue
 from alignment.loop import AlignmentOutcome
 from alignment.scheduler import AlignmentScheduler
 from personaagent.settings import Settings
-from serving.deployments.handles import MemoryHandle
+from serving.deployments.handles import MemoryHandle, replica_metrics
 from serving.deployments.pool import AlignmentWorker
+from serving.metrics import ReplicaMetrics
 
 
 @serve.deployment(name="alignment")
@@ -24,7 +24,7 @@ class AlignmentDeployment:
             AlignmentWorker.remote(engine, memory, settings) for _ in range(settings.alignment.pool_size)
         ]
         self.scheduler = AlignmentScheduler(
-            JobStore(Path(settings.data_dir) / "alignment_jobs.db"),
+            open_job_queue(settings),  # alignment_jobs.db under data_dir, or PostgreSQL (store.url)
             MemoryHandle(memory),
             self._align_on_worker,
             len(self._workers),
@@ -53,3 +53,7 @@ class AlignmentDeployment:
 
     async def metrics_text(self) -> str:
         return self.scheduler.metrics_text()
+
+    async def replica_metrics(self) -> ReplicaMetrics:
+        """This replica's metrics for the ingress's `/metrics` (called on every replica: `broadcast`)."""
+        return replica_metrics(self.scheduler.metrics_text())

@@ -73,7 +73,7 @@ async def test_a_failing_persona_write_fails_that_job_only_and_frees_the_user(tm
     memory = FakeMemory({"ok", "diskfull", "boom1"}, fail_write_for={"diskfull"})
     scheduler, jobs = _scheduler(tmp_path, memory, _accepting())
     queued = [await scheduler.enqueue(u, "forced") for u in ("ok", "diskfull", "boom1")]
-    await scheduler.round(queued)
+    await scheduler.round(scheduler.claim_round())
     states = {j.user_id: jobs.get(j.id) for j in queued}
     assert states["ok"].state == "done" and states["ok"].result["persona_version"] == 2  # type: ignore[union-attr,index]
     assert states["diskfull"].state == "failed" and "OSError: disk full" in states["diskfull"].error  # type: ignore[union-attr,operator]
@@ -88,7 +88,7 @@ async def test_a_job_past_its_time_limit_fails_and_its_work_is_cancelled(tmp_pat
     memory = FakeMemory({"slow", "fast"})
     scheduler, jobs = _scheduler(tmp_path, memory, _accepting(cancelled, slow={"slow"}), job_timeout_s=0.3)
     queued = [await scheduler.enqueue(u, "forced") for u in ("slow", "fast")]
-    await asyncio.wait_for(scheduler.round(queued), timeout=10)
+    await asyncio.wait_for(scheduler.round(scheduler.claim_round()), timeout=10)
     slow, fast = (jobs.get(j.id) for j in queued)
     assert slow.state == "failed" and "job_timeout_s=0.3" in slow.error  # type: ignore[union-attr,operator]
     assert fast.state == "done"  # type: ignore[union-attr]
@@ -106,7 +106,7 @@ async def test_a_user_deleted_while_aligning_gets_nothing_written(tmp_path: Path
 
     scheduler, jobs = _scheduler(tmp_path, memory, align)
     job = await scheduler.enqueue("gone", "forced")
-    await scheduler.round([job])
+    await scheduler.round(scheduler.claim_round())
     assert memory.personas["gone"].version == 1
     assert jobs.get(job.id).result["accepted"] is False  # type: ignore[union-attr,index]
 
@@ -115,7 +115,7 @@ async def test_finished_jobs_older_than_the_retention_are_pruned(tmp_path: Path)
     memory = FakeMemory({"old", "new", "waiting"})
     scheduler, jobs = _scheduler(tmp_path, memory, _accepting(), job_retention_days=1)
     old, new = await scheduler.enqueue("old", "forced"), await scheduler.enqueue("new", "forced")
-    await scheduler.round([old, new])
+    await scheduler.round(scheduler.claim_round())
     waiting = await scheduler.enqueue("waiting", "forced")
     stale = (utcnow() - timedelta(days=2)).isoformat()
     jobs._db.execute("UPDATE jobs SET updated_at = ? WHERE id IN (?, ?)", (stale, old.id, waiting.id))
@@ -170,7 +170,7 @@ async def test_deleting_a_user_cancels_its_running_alignment_and_the_round_goes_
     memory = FakeMemory({"slow", "ok"})
     scheduler, jobs = _scheduler(tmp_path, memory, _accepting(cancelled, slow={"slow"}))
     queued = [await scheduler.enqueue(u, "forced") for u in ("slow", "ok")]
-    round_ = asyncio.create_task(scheduler.round(queued))
+    round_ = asyncio.create_task(scheduler.round(scheduler.claim_round()))
     await asyncio.sleep(0.05)
     memory.users.discard("slow")
     assert scheduler.forget_user("slow") == 1

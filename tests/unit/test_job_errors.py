@@ -71,7 +71,8 @@ async def test_a_failed_job_stores_the_short_reason_and_logs_the_rest(
 
     jobs = JobStore(tmp_path / "jobs.db")
     scheduler = AlignmentScheduler(jobs, _Memory(), align, 1, AlignmentSettings())  # type: ignore[arg-type]
-    job = jobs.create("alice", "forced")
+    jobs.create("alice", "forced")
+    (job,) = scheduler.claim_round()
     with caplog.at_level(logging.WARNING, logger="alignment.scheduler"):
         await scheduler.run_job(0, job)
     stored = jobs.get(job.id)

@@ -1,4 +1,5 @@
-"""Memory service on real parts: a real SQLite file, real FAISS, the real MiniLM embedder."""
+"""Memory service on real parts: real FAISS, the real MiniLM embedder, and a real store: every test runs
+on a SQLite file and again on PostgreSQL (a real server: tests/postgres.py)."""
 
 from __future__ import annotations
 
@@ -10,14 +11,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psycopg
 import pytest
 
 from memory.embedder import Embedder
 from memory.index import EpisodicIndex
-from memory.records import Interaction, InteractionIn, StorageQuotaExceeded, UserDeleted
+from memory.pg_store import PostgresStore
+from memory.records import Interaction, InteractionIn, StorageQuotaExceeded
 from memory.service import MemoryService
-from memory.store import SQLiteStore
-from personaagent.settings import MemorySettings, Priority
+from memory.store import SQLiteStore, Store
+from personaagent.postgres import PostgresDatabase
+from personaagent.settings import MemorySettings, Priority, StoreSettings
 
 ROMANCE = [
     "Tag the movie: two strangers fall in love on a train across Europe",
@@ -37,10 +41,38 @@ def embedder() -> Embedder:
     return Embedder()
 
 
+# The PostgreSQL URL of the running test ("" for SQLite), set by the `backend` fixture: `open_service`
+# opens the SQLite file at `path`, or the test's PostgreSQL schema (every path of a test shares it).
+POSTGRES_URL = ""
+
+
+@pytest.fixture(autouse=True, params=["sqlite", "postgres"])
+def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    if request.param == "postgres":
+        monkeypatch.setattr(f"{__name__}.POSTGRES_URL", request.getfixturevalue("postgres_url"))
+    return str(request.param)
+
+
+def open_store(path: Path) -> Store:
+    if not POSTGRES_URL:
+        return SQLiteStore(path)
+    return PostgresStore(PostgresDatabase(StoreSettings(url=POSTGRES_URL)))
+
+
 def open_service(path: Path, embedder: Any, writer: Any = None, **limits: Any) -> MemoryService:
     settings = MemorySettings(device="cpu", **limits)
     index = EpisodicIndex(embedder.dim, "cpu", max_users=settings.index_cache_users)
-    return MemoryService(SQLiteStore(path), embedder, index, settings, writer)
+    return MemoryService(open_store(path), embedder, index, settings, writer)
+
+
+def stored_rows(service: MemoryService, sql: str) -> int:
+    """A COUNT(*) straight from the database, past the store's own methods."""
+    if not POSTGRES_URL:
+        with sqlite3.connect(service.store.path) as conn:  # type: ignore[attr-defined]
+            return int(conn.execute(sql).fetchone()[0])
+    with psycopg.connect(POSTGRES_URL) as conn:
+        row = conn.execute(sql).fetchone()
+        return int(row[0]) if row else 0
 
 
 @pytest.fixture
@@ -118,16 +150,18 @@ def test_delete_leaves_nothing_behind(tmp_path: Path, service: MemoryService) ->
     assert service.export("frank") is None
     assert not service.index.has_user("frank")
     assert service.search_vectors("frank", service.embedder.encode([SECRET]), k=4)[0] == []
-    conn = sqlite3.connect(service.store.path)  # type: ignore[attr-defined]
     for table in ("users", "interactions", "profiles", "personas"):
-        assert conn.execute(f"SELECT COUNT(*) FROM {table} WHERE user_id = 'frank'").fetchone()[0] == 0
-    assert conn.execute("SELECT COUNT(*) FROM interactions WHERE input LIKE '%41-17-93%'").fetchone()[0] == 0
-    conn.close()
+        assert stored_rows(service, f"SELECT COUNT(*) FROM {table} WHERE user_id = 'frank'") == 0
+    assert stored_rows(service, "SELECT COUNT(*) FROM interactions WHERE input LIKE '%41-17-93%'") == 0
     assert service.delete_user("frank") is False
     assert len(service.store.list_interactions("gina")) == 3  # other users untouched
 
 
-def test_store_uses_wal_and_commits_before_returning(tmp_path: Path, service: MemoryService) -> None:
+def test_store_uses_wal_and_commits_before_returning(
+    tmp_path: Path, service: MemoryService, backend: str
+) -> None:
+    if backend != "sqlite":
+        pytest.skip("SQLite's journal mode (PostgreSQL: test_store_contract's committed-before-return test)")
     service.add_interactions_sync("hank", _items(ROMANCE), "import")
     other = sqlite3.connect(service.store.path)  # type: ignore[attr-defined]
     assert other.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
@@ -320,7 +354,9 @@ async def test_a_delete_during_the_first_chats_profile_wait_holds(tmp_path: Path
         assert old != again.details["generation"]
         assert await svc.record_chat("vic", InteractionIn(input="hi"), old) is None
         assert svc.store.list_interactions("vic") == []
-        assert await svc.record_chat("vic", InteractionIn(input="hi"), again.details["generation"]) is not None
+        assert (
+            await svc.record_chat("vic", InteractionIn(input="hi"), again.details["generation"]) is not None
+        )
     finally:
         svc.close()
 
@@ -374,36 +410,6 @@ async def test_a_delete_during_a_chat_write_back_holds(tmp_path: Path, embedder:
         assert svc.search_vectors("wes", embedder.encode([SECRET]), k=4)[0] == []
     finally:
         svc.close()
-
-
-def test_a_write_begun_before_a_delete_never_reaches_a_new_incarnation(
-    tmp_path: Path, embedder: Embedder
-) -> None:
-    store = SQLiteStore(tmp_path / "g.db")
-    try:
-        vec = embedder.encode(["x"])
-        store.add_interactions("gil", _items(["x"]), vec, "import")
-        began = store.user_generation("gil")
-        assert began is not None
-        assert store.delete_user("gil") is True
-        with pytest.raises(UserDeleted):  # gone: no implicit write re-creates the user
-            store.add_persona("gil", "p", "init", None, {}, generation=began)
-        with pytest.raises(UserDeleted):
-            store.add_profile("gil", "p", 1, "t@v1")
-        assert store.get_user("gil") is None
-        store.add_interactions("gil", _items(["y"]), vec, "import")  # an explicit new import: new user
-        with pytest.raises(UserDeleted):  # ...which the old operation's writes still never reach
-            store.add_interactions("gil", _items(["z"]), vec, "chat", generation=began)
-        with pytest.raises(UserDeleted):
-            store.add_persona("gil", "p", "init", None, {}, generation=began)
-        now = store.user_generation("gil")
-        assert now is not None and now != began
-        store.add_persona("gil", "p", "init", None, {}, generation=now)
-        assert [i.input for i in store.list_interactions("gil")] == ["y"]
-        assert store.delete_user("never-was") is False
-        assert store.user_generation("never-was") is None
-    finally:
-        store.close()
 
 
 async def test_a_profile_that_never_finishes_or_fails_never_blocks_or_fails_a_chat(
