@@ -38,12 +38,11 @@ METRICS = [
 def run_vllm_bench(
     server: ServerProcess, model: str, tokenizer: str, args: argparse.Namespace
 ) -> dict[str, Any]:
-    from vllm.benchmarks.serve import add_cli_args
-    from vllm.benchmarks.serve import main as bench_main
-    from vllm.utils.argparse_utils import FlexibleArgumentParser
+    from serving import vllm_compat
 
-    parser = FlexibleArgumentParser()
-    add_cli_args(parser)
+    bench_main = vllm_compat.load("bench_serve_main")
+    parser = vllm_compat.load("FlexibleArgumentParser")()
+    vllm_compat.load("bench_serve_add_cli_args")(parser)
     bench_args = parser.parse_args([
         "--backend", "openai-chat", "--endpoint", "/v1/chat/completions",
         "--base-url", server.base_url, "--model", model, "--tokenizer", tokenizer,

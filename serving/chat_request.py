@@ -15,18 +15,28 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi.exceptions import RequestValidationError
-from pydantic import TypeAdapter, ValidationError, model_validator
+from pydantic import Field, TypeAdapter, ValidationError, model_validator
 from pydantic_core.core_schema import ValidatorFunctionWrapHandler
-from vllm.entrypoints.openai.chat_completion.protocol import (
-    ChatCompletionRequest as VLLMChatCompletionRequest,
-)
+
+from serving import vllm_compat
+
+VLLMChatCompletionRequest = vllm_compat.load("ChatCompletionRequest")
 
 # What vLLM's validators raise when a field has the wrong JSON type (iterate None, index a string...).
 SHAPE_ERRORS = (TypeError, AttributeError, KeyError, IndexError)
 
 
 class ChatCompletionRequest(VLLMChatCompletionRequest):
-    """vLLM's request model whose validation raises RequestValidationError (a 400), never TypeError."""
+    """vLLM's request model whose validation raises RequestValidationError (a 400), never TypeError; with
+    OpenAI's two newer identity fields, which vLLM 0.32's model does not declare (`serving.identity`)."""
+
+    safety_identifier: str | None = Field(
+        None, description="a stable id of the end user: selects that user's agent, like `user`"
+    )
+    prompt_cache_key: str | None = Field(
+        None,
+        description="OpenAI's prompt-cache hint; accepted, never selects a user (clients make one per run)",
+    )
 
     @model_validator(mode="wrap")
     @classmethod

@@ -20,6 +20,7 @@ from typing import Any
 
 from personaagent.model_cache import convert_gguf, gguf_folder, prepare_embedded_model
 from personaagent.settings import EMBEDDED_MODEL, Settings
+from serving import vllm_compat
 from serving.errors import error_payload
 
 logger = logging.getLogger(__name__)
@@ -41,7 +42,8 @@ def resolve_model_path(settings: Settings) -> str:
 
 
 def build_engine_cli_args(settings: Settings, model_path: str) -> list[str]:
-    """Translate our settings into `vllm serve` arguments, parsed by vLLM's own parser."""
+    """Translate our settings into `vllm serve` arguments, parsed by vLLM's own parser (less the flags the
+    installed vLLM lacks: `vllm_compat.OPTIONAL_ENGINE_FLAGS`)."""
     engine = settings.engine
     args = [
         "--model", model_path,
@@ -74,15 +76,11 @@ def build_engine_cli_args(settings: Settings, model_path: str) -> list[str]:
             args.append(flag)
         elif value is not False and value is not None:
             args += [flag, str(value)]
-    return args
+    return vllm_compat.drop_unsupported_flags(args)
 
 
 def parse_vllm_args(cli_args: list[str]) -> argparse.Namespace:
-    from vllm.entrypoints.launchers.cli_args import make_arg_parser
-    from vllm.utils.argparse_utils import FlexibleArgumentParser
-
-    parser = make_arg_parser(FlexibleArgumentParser())
-    return parser.parse_args(cli_args)
+    return vllm_compat.arg_parser().parse_args(cli_args)
 
 
 class EngineService:
@@ -93,6 +91,10 @@ class EngineService:
         self.model_name = settings.engine.served_model_name
         self._engine: Any = None
         self._state: Any = None
+        # vLLM's request and error classes, looked up once at start (their module moved in 0.29).
+        self._request_model: Any = None
+        self._completion_model: Any = None
+        self._error_model: Any = None
 
     async def start(self) -> None:
         if self.settings.engine.device == "cpu":
@@ -103,15 +105,18 @@ class EngineService:
             # Inductor cache reloads fine, so a warm start is ~18 s instead of ~60 s.
             os.environ.setdefault("VLLM_USE_AOT_COMPILE", "0")
         from starlette.datastructures import State
-        from vllm.engine.arg_utils import AsyncEngineArgs
-        from vllm.entrypoints.launchers.api_server.app_state import init_app_state
-        from vllm.usage.usage_lib import UsageContext
-        from vllm.v1.engine.async_llm import AsyncLLM
 
+        async_engine_args = vllm_compat.load("AsyncEngineArgs")
+        async_llm = vllm_compat.load("AsyncLLM")
+        usage_context = vllm_compat.load("UsageContext")
+        init_app_state = vllm_compat.load("init_app_state")
+        self._request_model = vllm_compat.load("ChatCompletionRequest")
+        self._completion_model = vllm_compat.load("CompletionRequest")
+        self._error_model = vllm_compat.load("ErrorResponse")
         model_path = resolve_model_path(self.settings)
         args = parse_vllm_args(build_engine_cli_args(self.settings, model_path))
-        engine_args = AsyncEngineArgs.from_cli_args(args)
-        self._engine = AsyncLLM.from_engine_args(engine_args, usage_context=UsageContext.OPENAI_API_SERVER)
+        engine_args = async_engine_args.from_cli_args(args)
+        self._engine = async_llm.from_engine_args(engine_args, usage_context=usage_context.OPENAI_API_SERVER)
         state = State()
         supported_tasks = await self._engine.get_supported_tasks()
         await init_app_state(self._engine, state, args, supported_tasks=supported_tasks)
@@ -141,18 +146,30 @@ class EngineService:
     async def check_health(self) -> None:
         await self._engine.check_health()
 
-    async def chat(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any] | str]:
+    @property
+    def serving_completion(self) -> Any:
+        return self._state.openai_serving_completion
+
+    def chat(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any] | str]:
         """Run one OpenAI chat request through vLLM's `OpenAIServingChat`.
 
         Yields exactly one dict (a full response, or an error `{"error": {...}}` with `code` set to the
         HTTP status) for non-streaming requests, or SSE `data: ...` strings for streaming ones.
         """
+        return self._serve(body, self._request_model, self.serving_chat, "create_chat_completion")
+
+    def complete(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any] | str]:
+        """Run one OpenAI completion request (`/v1/completions`) through vLLM's `OpenAIServingCompletion`;
+        yields as `chat` does."""
+        return self._serve(body, self._completion_model, self.serving_completion, "create_completion")
+
+    async def _serve(
+        self, body: dict[str, Any], request_model: Any, serving: Any, create: str
+    ) -> AsyncIterator[dict[str, Any] | str]:
         from pydantic import ValidationError
-        from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
-        from vllm.entrypoints.serve.engine.protocol import ErrorResponse
 
         try:
-            request = ChatCompletionRequest.model_validate(body)
+            request = request_model.model_validate(body)
         except ValidationError as exc:
             yield validation_error_body(exc)
             return
@@ -160,12 +177,12 @@ class EngineService:
             yield error_payload(400, str(exc))
             return
         try:
-            result = await self.serving_chat.create_chat_completion(request, raw_request=None)
+            result = await getattr(serving, create)(request, raw_request=None)
         except Exception as exc:
             # vLLM raises validation errors (e.g. max_tokens > context); its own server turns them into
             # ErrorResponses through the serving object, so we do the same (as Ray Serve LLM does).
-            result = self.serving_chat.create_error_response(exc)
-        if isinstance(result, ErrorResponse):
+            result = serving.create_error_response(exc)
+        if isinstance(result, self._error_model):
             yield result.model_dump()
         elif hasattr(result, "__aiter__"):
             async for chunk in result:

@@ -12,9 +12,30 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from vllm.exceptions import VLLMClientError, VLLMNotFoundError
+
+from personaagent.postgres import StoreUnavailable
+from serving import vllm_compat
 
 logger = logging.getLogger(__name__)
+
+RETRY_AFTER_S = 1  # what a 503 for a transient outage asks a client to wait
+
+
+class ReplicaUnavailable(RuntimeError):
+    """A replica that a request needed went away while serving it (the replica, or its node, died): Ray
+    Serve starts another and routes to the live ones, so a retry in a moment is answered. Raised by the
+    port adapters (`serving.deployments.handles`) in place of Ray's own errors, so nothing here sees Ray."""
+
+
+# Transient outages of a part the request needed: 503 with Retry-After, never a 500 with its traceback.
+TRANSIENT_ERRORS: tuple[type[Exception], ...] = (StoreUnavailable, ReplicaUnavailable)
+
+
+def transient_message(exc: BaseException) -> str:
+    if isinstance(exc, StoreUnavailable):
+        return "the database is unavailable; retry in a moment"
+    return "a replica serving this request went away; retry in a moment"
+
 
 _VALIDATOR_LOC = re.compile(r"function-(wrap|after|before|plain)\[")
 
@@ -50,7 +71,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     for status, description in {
         400: "invalid request", 401: "missing or invalid API key", 403: "the key may not act on this user",
         404: "unknown user, route or model", 413: "body or batch too large", 429: "server busy (Retry-After)",
-        503: "engine unavailable",
+        503: "engine, database or a replica unavailable (Retry-After)",
     }.items()
 }  # fmt: skip
 
@@ -84,7 +105,11 @@ def error_response(
 
 
 def internal_error_payload(exc: BaseException, where: str) -> dict[str, Any]:
-    """A 500 body that names no exception text, actor or traceback: a request id the log carries too."""
+    """A 500 body that names no exception text, actor or traceback: a request id the log carries too.
+    A transient outage (`TRANSIENT_ERRORS`, e.g. inside a stream that had begun) is a 503 body instead."""
+    if isinstance(exc, TRANSIENT_ERRORS):
+        logger.warning("%s in %s: %s", type(exc).__name__, where, exc)
+        return error_payload(503, transient_message(exc))
     request_id = uuid.uuid4().hex[:16]
     logger.error("internal error in %s, request %s", where, request_id, exc_info=exc)
     return error_payload(500, f"internal error (request id {request_id})", type_="server_error")
@@ -124,11 +149,25 @@ def install_error_handlers(app: FastAPI) -> None:
         message, param = _validation_message(exc)
         return error_response(400, message, param=param)
 
-    @app.exception_handler(VLLMClientError)
-    async def _vllm_client_error(_: Request, exc: VLLMClientError) -> JSONResponse:
+    not_found = vllm_compat.load("VLLMNotFoundError")
+
+    async def _vllm_client_error(_: Request, exc: Exception) -> JSONResponse:
         # vLLM's request model raises these from its validators (e.g. top_logprobs without logprobs).
-        status = 404 if isinstance(exc, VLLMNotFoundError) else 400
+        status = 404 if isinstance(exc, not_found) else 400
         return error_response(status, str(exc), param=getattr(exc, "parameter", None))
+
+    for client_error in vllm_compat.client_error_types():
+        app.add_exception_handler(client_error, _vllm_client_error)
+
+    async def _transient(request: Request, exc: Exception) -> JSONResponse:
+        # The cause (which database, which replica) goes to the log; the client learns only when to retry.
+        logger.warning("%s %s: %s: %s", request.method, request.url.path, type(exc).__name__, exc)
+        response = error_response(503, transient_message(exc))
+        response.headers["Retry-After"] = str(RETRY_AFTER_S)
+        return response
+
+    for transient in TRANSIENT_ERRORS:
+        app.add_exception_handler(transient, _transient)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
