@@ -240,6 +240,13 @@ def _with_history(messages: list[dict[str, Any]], hits: Sequence[MemoryHit]) -> 
     return out
 
 
+def new_call_id() -> str:
+    """An id for a tool call the parser gave none: 9 alphanumeric characters, the one format every chat
+    template accepts (Mistral's tokenizer refuses any other when the call is rendered back; OpenAI clients
+    take any string)."""
+    return uuid.uuid4().hex[:9]
+
+
 class _Call(BaseModel):
     """A tool call read from the engine's output (streamed in pieces, or whole)."""
 
@@ -250,7 +257,7 @@ class _Call(BaseModel):
 
     def openai(self) -> dict[str, Any]:
         return {
-            "id": self.id or f"call_{uuid.uuid4().hex[:24]}",
+            "id": self.id or new_call_id(),
             "type": "function",
             "function": {"name": self.name, "arguments": self.arguments},
         }
@@ -327,7 +334,7 @@ async def _parse_written(
     if written is None:
         return None
     name, arguments = written
-    return _Call(id=f"call_{uuid.uuid4().hex[:24]}", name=name, arguments=json.dumps(arguments))
+    return _Call(id=new_call_id(), name=name, arguments=json.dumps(arguments))
 
 
 _INLINE_PARSE_CHARS = 20_000
@@ -892,7 +899,7 @@ class PersonaAgent:
         for call in calls:
             arguments = _parse_arguments(call.arguments)
             if _call_key(call.name, arguments) not in seen:
-                fresh.append((call, arguments))
+                fresh.append((call if call.id else call.model_copy(update={"id": new_call_id()}), arguments))
         if not fresh:
             return False
         plan.tool_llm_calls += 1
@@ -903,11 +910,11 @@ class PersonaAgent:
             plan.messages = [
                 *plan.messages,
                 {"role": "assistant", "content": text or None, "tool_calls": [
-                    {"id": call.id or f"call_{n}", "type": "function",
+                    {"id": call.id, "type": "function",
                      "function": {"name": call.name, "arguments": json.dumps(arguments)}}
-                    for n, (call, arguments) in enumerate(fresh)]},
-                *({"role": "tool", "tool_call_id": call.id or f"call_{n}", "content": quote_data(r, "tool_result")}
-                  for n, ((call, _), r) in enumerate(zip(fresh, results, strict=True))),
+                    for call, arguments in fresh]},
+                *({"role": "tool", "tool_call_id": call.id, "content": quote_data(r, "tool_result")}
+                  for (call, _), r in zip(fresh, results, strict=True)),
             ]  # fmt: skip
         else:
             said = "\n".join(

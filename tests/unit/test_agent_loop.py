@@ -7,6 +7,7 @@ so the tool-call cases (which the small default model rarely produces on its own
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -222,6 +223,19 @@ async def test_builtin_results_use_tool_messages_when_the_template_renders_tools
     assistant, tool = engine.bodies[1]["messages"][-2:]
     assert assistant["tool_calls"][0]["function"]["name"] == "get_profile"
     assert tool["role"] == "tool" and "likes films" in tool["content"]
+
+
+async def test_a_call_without_an_id_gets_one_every_template_accepts() -> None:
+    """A call written as JSON text has no id from the parser: the id the agent gives it is rendered back
+    in the next round, and Mistral's tokenizer accepts only 9 alphanumeric characters there."""
+    written = json.dumps({"name": "get_profile", "arguments": {}})
+    agent, engine, _ = _agent([written, "ok"], auto_memory_search=False, tools_in_template=True)
+    plan = await agent.prepare("u1", [{"role": "user", "content": "Who am I?"}])
+    await _respond(agent, plan, stream=False)
+    assistant, tool = engine.bodies[1]["messages"][-2:]
+    call_id = assistant["tool_calls"][0]["id"]
+    assert re.fullmatch(r"[a-zA-Z0-9]{9}", call_id), call_id
+    assert tool["tool_call_id"] == call_id
 
 
 async def test_client_tool_call_is_returned_as_openai_tool_calls() -> None:
