@@ -70,7 +70,8 @@ class EngineSettings(BaseModel):
     tool_call_parser: str = Field(
         "hermes",
         description="vLLM tool parser of the model family (`hermes` for Qwen2.5-style <tool_call>, `mistral` "
-        "for Mistral-Small); calls are checked by vLLM's structural tag (`--tool-strict-level parameter`)",
+        "for Mistral-Small); with `hermes`, vLLM >= 0.31 holds calls to their schema with a structural tag "
+        "(`--tool-strict-level parameter`); no vLLM release has one for `mistral`, so there vLLM does not",
     )
     tools_in_template: bool = Field(
         False,
@@ -124,6 +125,11 @@ class ServerSettings(BaseModel):
         description="on SIGTERM/SIGINT, how long Serve may drain before the stack is stopped regardless",
     )
     throughput_optimized: bool = Field(False, description="Ray Serve's RAY_SERVE_THROUGHPUT_OPTIMIZED mode")
+    proxy_location: Literal["EveryNode", "HeadOnly"] = Field(
+        "EveryNode",
+        description="where Ray Serve runs HTTP proxies (`personaagent serve`): every node with a replica, or "
+        "the head only (several Ray nodes on one host, which would all bind server.port)",
+    )
 
 
 class MemorySettings(BaseModel):
@@ -169,11 +175,27 @@ class MemorySettings(BaseModel):
         description="users whose episodic index stays in RAM (least recently used evicted; an evicted "
         "user's index reloads from the stored embeddings on their next search)",
     )
-    num_replicas: int = Field(1, ge=1)
+    num_replicas: int = Field(
+        1,
+        ge=1,
+        description="memory replicas; more than 1 needs store.url (PostgreSQL): any replica serves any user, "
+        "its FAISS indexes a cache checked against the user's version on every search",
+    )
+    request_router: Literal["default", "consistent_hash"] = Field(
+        "consistent_hash",
+        description="how a request picks a memory replica: by a hash of the user's cache salt (one user's "
+        "requests go to one replica, whose cache holds their index; correctness never depends on it), or Ray "
+        "Serve's default (power of two choices)",
+    )
+    num_cpus: float = Field(0.5, ge=0, description="Ray logical CPUs reserved per memory replica")
+    max_replicas_per_node: int | None = Field(
+        None, ge=1, description="at most this many memory replicas on one Ray node (1: one per node)"
+    )
     placement_resource: str | None = Field(
         None,
-        description="Ray custom resource of the node that mounts data_dir (e.g. the head pod with the "
-        "PersistentVolumeClaim); the memory and alignment deployments are placed there",
+        description="SQLite only: Ray custom resource of the node that mounts data_dir (e.g. the head pod "
+        "with the PersistentVolumeClaim); the memory and alignment deployments are placed there. Ignored "
+        "(with a warning) when store.url is set: their replicas then run on any node",
     )
 
 
@@ -275,7 +297,21 @@ class AlignmentSettings(BaseModel):
     answer_max_tokens: int = Field(64, ge=1)
     update_max_tokens: int = Field(400, ge=32, description="budget of the persona rewrite")
     persona_max_words: int = Field(250, ge=20)
-    allow_fault_injection: bool = Field(False, description="tests only: POST /align?inject_failure_after=N")
+    allow_fault_injection: bool = Field(
+        False,
+        description="tests only: POST /align?inject_failure_after=N (the failure is injected when the "
+        "alignment replica that queued the job runs it, which it does unless it dies first)",
+    )
+    num_replicas: int = Field(
+        1,
+        ge=1,
+        description="alignment replicas (schedulers, each with its actor pool) claiming from the shared job "
+        "queue; more than 1 needs store.url (PostgreSQL)",
+    )
+    num_cpus: float = Field(0.25, ge=0, description="Ray logical CPUs reserved per alignment replica")
+    max_replicas_per_node: int | None = Field(
+        None, ge=1, description="at most this many alignment replicas on one Ray node"
+    )
     job_timeout_s: float = Field(
         1800,
         gt=0,
@@ -375,6 +411,22 @@ class Settings(BaseSettings):
     auth: AuthSettings = Field(default_factory=AuthSettings)
     store: StoreSettings = Field(default_factory=StoreSettings)
     ray: RaySettings = Field(default_factory=RaySettings)
+
+    @model_validator(mode="after")
+    def _replicas_need_a_shared_store(self) -> Settings:
+        """SQLite is one file with one owner: more replicas of a deployment that writes it need PostgreSQL."""
+        if not self.store.postgres:
+            for name, replicas in (
+                ("memory", self.memory.num_replicas),
+                ("alignment", self.alignment.num_replicas),
+            ):
+                if replicas > 1:
+                    raise ValueError(
+                        f"{name}.num_replicas is {replicas}, but the state is in SQLite under data_dir, which "
+                        f"one {name} replica owns: set store.url (PERSONAAGENT_STORE__URL=postgresql://...) "
+                        f"to share it, or {name}.num_replicas: 1"
+                    )
+        return self
 
     @classmethod
     def settings_customise_sources(
