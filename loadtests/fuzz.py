@@ -4,8 +4,8 @@
 
 Without `--url` it starts its own stack (README line 1's config, two API keys) and stops it after. Every
 route is driven with generated cases, half with each key; it prints per-key counts of status classes,
-5xx and timeouts (target: 0 and 0) and writes them to `loadtests/results/fuzz.json`. Generated chat
-requests get `max_tokens` of at most 16, so a case cannot ask the CPU model for thousands of tokens.
+5xx and timeouts (target: 0 and 0) and writes them to `loadtests/results/fuzz.json`. Generated chat and
+completion requests get `max_tokens` of at most 16, so a case cannot ask the CPU model for thousands of tokens.
 The suite's `tests/stack/test_fuzz.py` runs the same driver with a small budget.
 """
 
@@ -62,10 +62,14 @@ class FuzzTally:
 
 
 def _bounded(case: schemathesis.Case) -> None:
-    if case.path == "/v1/chat/completions" and isinstance(case.body, dict):
+    if case.path in {"/v1/chat/completions", "/v1/completions"} and isinstance(case.body, dict):
         tokens = case.body.get("max_tokens")
         case.body["max_tokens"] = min(tokens, 16) if isinstance(tokens, int) and tokens > 0 else 16
         case.body.pop("max_completion_tokens", None)
+    if case.path == "/v1/responses" and isinstance(case.body, dict):
+        tokens = case.body.get("max_output_tokens")
+        case.body["max_output_tokens"] = min(tokens, 16) if isinstance(tokens, int) and tokens > 0 else 16
+        case.body.pop("ignore_eos", None)
 
 
 def _shape(body: Any) -> str:

@@ -6,13 +6,15 @@ from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, nullcontext
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from ray import serve
 
 from personaagent.settings import Settings
 from serving.backend import EngineRequest
 from serving.background_gate import BackgroundGate
+from serving.completions import CompletionEngineRequest
+from serving.deployments.handles import replica_metrics
 from serving.engine import EngineService, coalesce_sse
+from serving.metrics import EngineGateMetrics, ReplicaMetrics
 
 
 @serve.deployment(name="engine")
@@ -29,7 +31,7 @@ class EngineDeployment:
             BackgroundGate(a.inflight_calls_during_chat, idle_limit, a.chat_quiet_s) if gated else None
         )
         self._background_priority = a.priority
-        self._registry = self._gate_metrics()
+        self._gate_metrics = EngineGateMetrics(self.gate)
 
     def _admission(self, body: dict[str, Any]) -> AbstractAsyncContextManager[None]:
         """Alignment-class requests (vLLM priority at or past `alignment.priority`) are background work.
@@ -54,23 +56,21 @@ class EngineDeployment:
             async for item in coalesce_sse(self.service.chat(request.body)):
                 yield item
 
+    async def complete(self, request: CompletionEngineRequest) -> AsyncIterator[dict[str, Any] | str]:
+        """A `/v1/completions` request, streamed and admitted as `chat` (it is foreground work)."""
+        async with self._admission(request.body):
+            async for item in coalesce_sse(self.service.complete(request.body)):
+                yield item
+
     async def list_models(self) -> dict[str, Any]:
         return await self.service.list_models()
 
-    def _gate_metrics(self) -> CollectorRegistry:
-        registry = CollectorRegistry()
-        for field, doc in (
-            ("foreground_running", "Chat requests running in this engine replica."),
-            ("background_running", "Alignment requests admitted and running in this engine replica."),
-            ("background_waiting", "Alignment requests held back while chat runs (alignment.yield_to_chat)."),
-        ):
-            gauge = Gauge(f"personaagent_engine_{field}", doc, registry=registry)
-            if self.gate is not None:
-                gauge.set_function(lambda f=field: getattr(self.gate.stats(), f))  # type: ignore[union-attr]
-        return registry
-
     async def metrics_text(self) -> str:
-        return generate_latest(self._registry).decode() + self.service.metrics_text()
+        return self._gate_metrics.text() + self.service.metrics_text()
+
+    async def replica_metrics(self) -> ReplicaMetrics:
+        """This replica's metrics for the ingress's `/metrics` (called on every replica: `broadcast`)."""
+        return replica_metrics(await self.metrics_text())
 
     async def count_chat_tokens(self, messages: list[dict[str, Any]]) -> int:
         return self.service.count_chat_tokens(messages)

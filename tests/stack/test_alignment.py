@@ -92,7 +92,7 @@ def _engine_gauges(stack: Stack) -> tuple[float, float, float]:
         text = http.get("/metrics").text
 
     def gauge(name: str) -> float:
-        match = re.search(rf"^personaagent_engine_{name} ([0-9.e+-]+)$", text, re.M)
+        match = re.search(rf"^personaagent_engine_{name}(?:\{{[^}}]*\}})? ([0-9.e+-]+)$", text, re.M)
         assert match, f"personaagent_engine_{name} missing from /metrics"
         return float(match.group(1))
 

@@ -9,7 +9,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests import REPO_ROOT
+
+# Starts a stack of its own: runs before the shared stack starts, so two stacks never run at once.
+pytestmark = pytest.mark.first
 
 # The script's own target on the CPU is 3 minutes; a shared CI machine gets some room.
 TIMEOUT_S = 900

@@ -6,6 +6,7 @@ import json
 
 import openai
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.stack.harness import Stack
 
@@ -96,7 +97,15 @@ def test_health_and_metrics(stack: Stack) -> None:
         text = http.get("/metrics").text
     assert "vllm:prefix_cache_queries_total" in text
     assert "vllm:prefix_cache_hits_total" in text
-    assert 'personaagent_http_requests_total{method="POST",route="/v1/chat/completions",status="200"}' in text
+    # Every series carries the deployment and replica that exported it (serving/metrics.py).
+    requests = [
+        s.labels
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == "personaagent_http_requests_total"
+    ]
+    wanted = {"method": "POST", "route": "/v1/chat/completions", "status": "200", "deployment": "ingress"}
+    assert any(wanted.items() <= labels.items() and labels.get("replica") for labels in requests)
     assert "personaagent_http_request_duration_seconds_bucket" in text
 
 
