@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import re
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
+from memory.backends import open_memory_storage
 from memory.documents import DocumentIndex
 from memory.embedder import Embedder
 from memory.index import EpisodicIndex
@@ -23,6 +22,7 @@ from memory.records import (
     Interaction,
     InteractionIn,
     MemoryHit,
+    PersonaChanged,
     PersonaVersion,
     Profile,
     Source,
@@ -31,7 +31,8 @@ from memory.records import (
     UserExport,
     utcnow,
 )
-from memory.store import SQLiteStore, Store
+from memory.responses import ResponseScope, ResponseStore, StoredResponse, responses_beside
+from memory.store import Store
 from personaagent.settings import MemorySettings, Priority, Settings
 
 logger = logging.getLogger(__name__)
@@ -78,8 +79,11 @@ class MemoryService:
         background_priority: int = Priority.BACKGROUND,
         persona_rules: PersonaRules | None = None,
         alignment_due_every: int = 3,
+        responses: ResponseStore | None = None,
+        preload_index: bool = True,
     ) -> None:
         self.store = store
+        self.responses = responses
         self.embedder = embedder
         self.index = index
         self.settings = settings
@@ -90,8 +94,9 @@ class MemoryService:
         self.alignment_due_every = alignment_due_every
         self._profile_tasks: dict[str, asyncio.Task[Profile | None]] = {}
         self._persona_locks: dict[str, _UserLock] = {}
-        if index.loader is None:  # an index that outlives its RAM slot reloads from the store
-            index.loader = store.user_embeddings
+        if index.source is None:  # the index is a cache of the store, checked on every search
+            index.source = store
+        self.preload_index = preload_index
         self.rebuild_index()
 
     @classmethod
@@ -101,27 +106,35 @@ class MemoryService:
         profile_writer: ProfileWriter | None = None,
         persona_rules: PersonaRules | None = None,
     ) -> MemoryService:
-        db_path = Path(settings.data_dir) / settings.memory.db_filename
         embedder = Embedder(batch_size=settings.memory.embed_batch_size)
         index = EpisodicIndex(
             embedder.dim, settings.memory.device, max_users=settings.memory.index_cache_users
         )
-        documents = DocumentIndex(db_path, embedder.dim)
+        store, documents = open_memory_storage(settings, embedder.dim)  # SQLite or PostgreSQL: store.url
         return cls(
-            SQLiteStore(db_path), embedder, index, settings.memory, profile_writer, documents,
+            store, embedder, index, settings.memory, profile_writer, documents,
             background_priority=settings.alignment.priority, persona_rules=persona_rules,
-            alignment_due_every=settings.alignment.due_every,
+            alignment_due_every=settings.alignment.due_every, responses=responses_beside(store),
+            preload_index=not settings.store.postgres,
         )  # fmt: skip
 
     def rebuild_index(self) -> int:
-        """The index is derived data: rebuild it from the embeddings stored in the database."""
-        for user_id in self.index.users():
-            self.index.remove_user(user_id)
-        # Up to the cache's size: the rest load on their first search.
-        for user_id, ids, vectors in itertools.islice(self.store.iter_embeddings(), self.index.max_users):
-            self.index.load(user_id, ids, vectors)
+        """Start the index cache afresh. `preload_index` (SQLite: one replica owns the file): load up to
+        the cache's size of users now, so their first searches are warm. Otherwise (PostgreSQL) load
+        nothing: every user's index loads on their first search, so a start takes the same time whatever
+        the database holds, and replicas that start together do not all read every user."""
+        self.index.clear()
+        if self.preload_index:
+            loaded = 0
+            for user_id in self.store.list_user_ids():
+                if loaded >= self.index.max_users:
+                    break
+                loaded += self.index.warm(user_id)
         total = self.index.total()
-        logger.info("episodic index rebuilt from the database: %d vectors on %s", total, self.index.device)
+        logger.info(
+            "episodic index cache started: %d users, %d vectors on %s (the rest load on first use)",
+            len(self.index.users()), total, self.index.device,
+        )  # fmt: skip
         return total
 
     # -- writes ------------------------------------------------------------------------------------
@@ -163,6 +176,8 @@ class MemoryService:
 
     def delete_user(self, user_id: str) -> bool:
         existed = self.store.delete_user(user_id)
+        if self.responses is not None:  # after the user: a response saved meanwhile names the old generation
+            self.responses.delete_user(user_id)
         self.index.remove_user(user_id)
         task = self._profile_tasks.pop(user_id, None)
         if task is not None:
@@ -366,13 +381,16 @@ class MemoryService:
                     return reason
             text, prompt_ref = rules.initial(profile.text if profile else None)
             details = {"profile_version": profile.version if profile else None, "prompt": prompt_ref}
-            try:
+            try:  # only as the first version: another replica may have written one meanwhile
                 return self.store.add_persona(
-                    user_id, text, "init", None, details, keep=self._keep_personas, generation=generation
-                )
+                    user_id, text, "init", None, details, keep=self._keep_personas, generation=generation,
+                    expected_version=0,
+                )  # fmt: skip
             except UserDeleted:
                 logger.info("user %s deleted while their first persona was written: not stored", user_id)
                 return "user deleted"
+            except PersonaChanged:
+                return self.current_persona(user_id) or "user deleted"
 
     def set_persona(
         self,
@@ -381,26 +399,30 @@ class MemoryService:
         reason: str,
         details: dict[str, Any] | None = None,
         parent: int | None = None,
+        expected_version: int | None = None,
     ) -> PersonaVersion | None:
-        current = self.current_persona(user_id)
         if self.persona_rules is not None:
             text = self.persona_rules.bound(text)
-        parent = parent if parent is not None else (current.version if current else None)
+        if parent is None:
+            current = self.current_persona(user_id)
+            parent = current.version if current else None
         try:  # never creates the user: refused inside the write when there is none
             return self.store.add_persona(
-                user_id, text, reason, parent, details or {}, keep=self._keep_personas
-            )
-        except UserDeleted:
+                user_id, text, reason, parent, details or {}, keep=self._keep_personas,
+                expected_version=expected_version,
+            )  # fmt: skip
+        except (UserDeleted, PersonaChanged):
             return None
 
     def set_persona_if_current(
         self, user_id: str, text: str, base_version: int, details: dict[str, Any]
     ) -> PersonaVersion | None:
-        """Store an aligned persona only if nobody changed the persona since the alignment started."""
-        current = self.current_persona(user_id)
-        if current is None or current.version != base_version:
-            return None
-        return self.set_persona(user_id, text, "alignment", details, parent=base_version)
+        """Store an aligned persona only if nobody changed the persona since the alignment started: decided
+        inside the write (`expected_version`), so of two runs of one alignment based on the same version,
+        on any replicas, at most one writes."""
+        return self.set_persona(
+            user_id, text, "alignment", details, parent=base_version, expected_version=base_version
+        )
 
     def persona_history(self, user_id: str) -> list[PersonaVersion] | None:
         """Every persona version, oldest first; None for an unknown user."""
@@ -455,6 +477,22 @@ class MemoryService:
         ]
         return users, matrix
 
+    # -- stored Responses-API responses (`memory.responses`) -----------------------------------------
+
+    def _response_store(self) -> ResponseStore:
+        if self.responses is None:
+            raise RuntimeError("no response store configured")
+        return self.responses
+
+    def save_response(self, record: StoredResponse) -> bool:
+        return self._response_store().save(record)
+
+    def get_response(self, response_id: str, scope: ResponseScope) -> StoredResponse | None:
+        return self._response_store().get(response_id, scope)
+
+    def delete_response(self, response_id: str, scope: ResponseScope) -> bool:
+        return self._response_store().delete(response_id, scope)
+
     # -- documents ---------------------------------------------------------------------------------
 
     def search_documents(self, query: str, k: int) -> list[DocumentHit]:
@@ -464,5 +502,7 @@ class MemoryService:
 
     def close(self) -> None:
         self.store.close()
+        if self.responses is not None:
+            self.responses.close()
         if self.documents is not None:
             self.documents.close()

@@ -2,7 +2,8 @@
 
 Keys are configured as SHA-256 hashes (`auth.api_keys`; `personaagent keys new` makes one), so neither the
 config nor the environment holds a usable key. An admin key (no `user_id`) acts on any user; a user-scoped
-key acts only as its own `user_id`: a chat with another `user`, or another user's routes, is a 403.
+key acts only as its own `user_id`: a chat or response naming another user, or another user's routes, is a
+403, and one naming no user is that user's (`serving.identity`).
 With no keys configured the server is open (and `personaagent serve` binds loopback only).
 """
 

@@ -9,8 +9,9 @@ from typing import Any
 
 from fastapi import Depends, FastAPI, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
+from memory.embedder import EmbeddingRefused
 from personaagent.salts import CacheSalts
 from personaagent.settings import Settings
 from serving.alignment_routes import build_alignment_router
@@ -18,39 +19,21 @@ from serving.auth import Authenticator, principal_of, require_admin, require_use
 from serving.backend import ChatBackend
 from serving.backpressure import AdmissionMiddleware, InflightCounts
 from serving.chat_request import ChatCompletionRequest
+from serving.completions import CompletionRequest, check_completion_limits
+from serving.embeddings import EmbeddingRequest, embedding_response, request_inputs
 from serving.errors import (
     ERROR_RESPONSES,
     APIError,
     error_response,
     install_error_handlers,
 )
+from serving.identity import resolve_user
+from serving.metrics import HTTPMetrics, LocalMetrics, MetricsSource, merge_replica_metrics
 from serving.personalized_chat import PersonalizedChat
-from serving.ports import AlignmentPort, MemoryPort
+from serving.ports import AlignmentPort, CompletionBackend, MemoryPort
 from serving.relay import relay_chat
+from serving.responses import build_responses_router
 from serving.user_routes import build_user_router
-
-
-class HTTPMetrics:
-    """Request counts and latencies of this ingress replica (its own registry: no global state)."""
-
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        self.requests = Counter(
-            "personaagent_http_requests_total",
-            "HTTP requests by route and status.",
-            ["method", "route", "status"],
-            registry=self.registry,
-        )
-        self.latency = Histogram(
-            "personaagent_http_request_duration_seconds",
-            "HTTP request latency (until headers for streamed responses).",
-            ["method", "route"],
-            registry=self.registry,
-            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
-        )
-
-    def text(self) -> str:
-        return generate_latest(self.registry).decode()
 
 
 def content_chars(content: Any) -> int:
@@ -60,6 +43,13 @@ def content_chars(content: Any) -> int:
     if isinstance(content, list):
         return sum(len(str(part.get("text", ""))) for part in content if isinstance(part, dict))
     return 0
+
+
+def embedding_model_card(settings: Settings, created: int) -> dict[str, Any]:
+    """The embedding model's `/v1/models` entry, in the shape of vLLM's model cards."""
+    name = settings.embeddings.served_model_name
+    return {"id": name, "object": "model", "created": created, "owned_by": "personaagent", "root": name,
+            "parent": None, "permission": []}  # fmt: skip
 
 
 def _route_label(request: Request) -> str:
@@ -74,12 +64,20 @@ def build_http_app(
     memory: MemoryPort | None = None,
     personalized: PersonalizedChat | None = None,
     alignment: AlignmentPort | None = None,
+    completions: CompletionBackend | None = None,
+    http_metrics: HTTPMetrics | None = None,
+    metrics_source: MetricsSource | None = None,
 ) -> FastAPI:
+    """The app over its ports. `completions` adds `/v1/completions`; `memory` the user, document and
+    `/v1/embeddings` routes; `metrics_source` is where `/metrics` reads every replica's metrics (default:
+    this process's own, `serving.metrics.LocalMetrics`)."""
+
     def scope_user_routes(request: Request) -> None:
         """Routes under /v1/users/{user_id}: a user-scoped key reaches only its own user."""
         if "user_id" in request.path_params:
             require_user(request, request.path_params["user_id"])
 
+    started_at = int(time.time())
     app = FastAPI(
         title="PersonaAgent Serve",
         version="0.1.0",
@@ -87,8 +85,9 @@ def build_http_app(
         dependencies=[Depends(scope_user_routes)],
         responses=ERROR_RESPONSES,
     )
-    metrics = HTTPMetrics()
+    metrics = http_metrics or HTTPMetrics()
     app.state.metrics = metrics
+    metrics_source = metrics_source or LocalMetrics(metrics, backend, alignment)
     app.state.inflight = InflightCounts()
     install_error_handlers(app)
     # Inside the metrics middleware below (added later, so outermost): 401/413/429 are counted too.
@@ -100,12 +99,20 @@ def build_http_app(
     )
 
     @app.middleware("http")
-    async def http_metrics(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+    async def observe_http(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         started = time.perf_counter()
         response = await call_next(request)
+        elapsed = time.perf_counter() - started
         route = _route_label(request)
         metrics.requests.labels(request.method, route, str(response.status_code)).inc()
-        metrics.latency.labels(request.method, route).observe(time.perf_counter() - started)
+        metrics.latency.labels(request.method, route).observe(elapsed)
+        if response.status_code == 200 and response.headers.get("content-type", "").startswith(
+            "text/event-stream"
+        ):
+            # A stream's headers leave with its first event (the relay waits for it), which carries the
+            # first token: a route that answers with a user's agent sets `request.state.personalized`.
+            personalized_label = "true" if getattr(request.state, "personalized", False) else "false"
+            metrics.first_token.labels(route, personalized_label).observe(elapsed)
         return response
 
     @app.get("/health", summary="Liveness and readiness: 200 when the engine answers")
@@ -119,17 +126,25 @@ def build_http_app(
 
     @app.get(
         "/metrics",
-        summary="Prometheus metrics: HTTP layer and vLLM engine",
+        summary="Prometheus metrics of every replica (ingress HTTP, vLLM engines, memory, alignment), each "
+        "series labelled with its deployment and replica",
         response_class=PlainTextResponse,
     )
     async def prometheus_metrics() -> Response:
-        engine_text = await backend.metrics_text()
-        alignment_text = await alignment.metrics_text() if alignment is not None else ""
-        return Response(metrics.text() + alignment_text + engine_text, media_type="text/plain; version=0.0.4")
+        text = merge_replica_metrics(await metrics_source.collect())
+        return Response(text, media_type=CONTENT_TYPE_PLAIN_0_0_4)
 
-    @app.get("/v1/models", summary="List served models")
+    @app.get("/v1/models", summary="List served models (the engine's, and the embedding model)")
     async def list_models() -> JSONResponse:
-        return JSONResponse(await backend.list_models())
+        models = await backend.list_models()
+        if memory is not None:
+            models["data"] = [*models.get("data", []), embedding_model_card(settings, started_at)]
+        return JSONResponse(models)
+
+    def check_model(model: Any) -> None:
+        if model and model != settings.engine.served_model_name:
+            # Answer as vLLM would, before the agent spends LLM calls on a request that cannot finish.
+            raise APIError(404, f"The model `{model}` does not exist.", param="model")
 
     @app.post(
         "/v1/chat/completions",
@@ -174,27 +189,71 @@ def build_http_app(
         if request.priority < 0:
             # vLLM runs lower values first: only an admin may put a request ahead of everyone's chat.
             require_admin(raw_request, "priority: values below 0 need an admin API key", param="priority")
-        if request.user is not None:
-            require_user(raw_request, request.user)
-        if "persona_agent_options" in body and (request.user is None or personalized is None):
+        principal = principal_of(raw_request)
+        user_id = resolve_user(principal, body)
+        for field in ("safety_identifier", "prompt_cache_key"):  # read here; the engine has no use for them
+            body.pop(field, None)
+        if "persona_agent_options" in body and (user_id is None or personalized is None):
             raise APIError(
-                400, "persona_agent_options applies to personalized chats (set `user`)", param="user"
+                400,
+                "persona_agent_options applies to personalized chats (set `user` or `safety_identifier`, or "
+                "use a user-scoped API key)",
+                param="user",
             )
-        if request.user is not None and personalized is not None:
-            model = body.get("model")
-            if model and model != settings.engine.served_model_name:
-                # Answer as vLLM would, before the agent spends LLM calls on a request that cannot finish.
-                raise APIError(404, f"The model `{model}` does not exist.", param="model")
-            return await personalized.handle(body)
+        if user_id is not None and personalized is not None:
+            check_model(body.get("model"))
+            raw_request.state.personalized = True  # the time-to-first-token metric's label
+            return await personalized.handle(body | {"user": user_id})
         # A client never picks its cache salt: a guessed salt would share (and, through cached_tokens, reveal)
         # another tenant's prompt. Plain requests share the cache within their API key only.
-        principal = principal_of(raw_request)
         body.pop("cache_salt", None)
         if principal is not None:
             body["cache_salt"] = salts.api_key(principal.name)
         return await relay_chat(backend.chat(body))
 
+    if completions is not None:
+
+        @app.post(
+            "/v1/completions",
+            summary="OpenAI (legacy) completions through vLLM's own serving class; never personalized",
+            responses={200: {"content": {"application/json": {}, "text/event-stream": {}},
+                             "description": "a completion, or its chunks as server-sent events"}},
+        )  # fmt: skip
+        async def create_completion(request: CompletionRequest, raw_request: Request) -> Response:
+            body = await raw_request.json()  # as sent: vLLM validates it again (see the chat route)
+            check_completion_limits(request, body, settings)
+            if request.priority < 0:
+                require_admin(raw_request, "priority: values below 0 need an admin API key", param="priority")
+            principal = principal_of(raw_request)
+            # `user` and `safety_identifier` are checked as on chat (a user-scoped key may not name another
+            # user) but select no agent: a completion is the plain model, salted within its API key.
+            resolve_user(principal, body)
+            for field in ("safety_identifier", "prompt_cache_key", "cache_salt"):
+                body.pop(field, None)
+            if principal is not None:
+                body["cache_salt"] = salts.api_key(principal.name)
+            return await relay_chat(completions.complete(body))
+
     if memory is not None:
+
+        @app.post(
+            "/v1/embeddings",
+            summary="OpenAI embeddings from the memory encoder (all-MiniLM-L6-v2, 384 dimensions)",
+        )
+        async def create_embeddings(request: EmbeddingRequest, raw_request: Request) -> JSONResponse:
+            limits = settings.embeddings
+            if request.model != limits.served_model_name:
+                raise APIError(404, f"The model `{request.model}` does not exist.", param="model")
+            inputs = request_inputs(request, limits)
+            resolve_user(principal_of(raw_request), {"user": request.user})
+            result = await memory.embed(inputs)
+            if isinstance(result, EmbeddingRefused):
+                raise APIError(400, result.message, param="input")
+            return JSONResponse(embedding_response(result, request.encoding_format, request.model))
+
+        app.include_router(
+            build_responses_router(backend, settings, salts, memory, personalized, check_model)
+        )
         app.include_router(build_user_router(memory, settings, alignment))
         if alignment is not None:
             app.include_router(build_alignment_router(memory, alignment, settings))

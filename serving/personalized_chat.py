@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import Response
 from pydantic import ValidationError
 
 from agent.core import AgentOptions, AgentPlan, PersonaAgent, last_user_text
-from memory.records import InteractionIn, is_valid_user_id
+from memory.records import InteractionIn, is_valid_user_id, strip_nul
 from serving.errors import APIError
 from serving.ports import MemoryPort, TokenCounter
 from serving.relay import relay_chat
@@ -61,7 +62,9 @@ class PersonalizedChat:
     async def record(
         self, user_id: str, question: str, answer: str, completion_id: str, plan: AgentPlan, choice: int = 0
     ) -> None:
-        """Write one choice's answer back (each of `n` choices is an interaction of its own)."""
+        """Write one choice's answer back (each of `n` choices is an interaction of its own). A NUL in the
+        question is dropped from what is stored: the chat was answered, and no text column holds one."""
+        question = strip_nul(question)
         if not self.write_back or not question.strip():
             return
         item = InteractionIn(
@@ -76,7 +79,16 @@ class PersonalizedChat:
         await self.memory.record_chat(user_id, item, plan.user_generation)
 
     async def handle(self, body: dict[str, Any]) -> Response:
-        """One personalized chat: the agent prepares the prompt (no LLM), then one generation answers."""
+        """One personalized chat, relayed as a chat completion."""
+        items, hooks = await self.start(body)
+        return await relay_chat(items, hooks)
+
+    async def start(
+        self, body: dict[str, Any]
+    ) -> tuple[AsyncIterator[dict[str, Any] | str], AgentRelayHooks]:
+        """One personalized chat: the agent prepares the prompt (no LLM), then one generation answers. Its
+        engine-shaped output and the hooks (trace, write-back) that any relay of it runs: the chat relay,
+        or the Responses API's (`serving.responses`)."""
         user_id = check_user_id(body.get("user"))
         tool_choice = body.get("tool_choice")
         options = parse_agent_options(body.get("persona_agent_options"))
@@ -86,11 +98,11 @@ class PersonalizedChat:
         )
         plan.persona_tokens = await self.persona_tokens(plan)
         plan.trace_final_prompt = self.trace_final_prompt
-        hooks = _AgentRelayHooks(self, plan, user_id, last_user_text(body["messages"]))
-        return await relay_chat(self.agent.generate(plan, body), hooks)
+        hooks = AgentRelayHooks(self, plan, user_id, last_user_text(body["messages"]))
+        return self.agent.generate(plan, body), hooks
 
 
-class _AgentRelayHooks:
+class AgentRelayHooks:
     """The relay hooks of one personalized chat: the trace goes on the response (on the first streamed
     chunk, and again on each finishing one, since tool rounds run while streaming); each choice's answer is
     written back on its own, unless the model handed that choice's tool call to the client."""
@@ -129,4 +141,6 @@ class _AgentRelayHooks:
         for index, parts in sorted(self.parts.items()):
             if self.finish.get(index) != "tool_calls":
                 answer = "".join(parts)
-                await self.chat.record(self.user_id, self.question, answer, self.completion_id, self.plan, index)
+                await self.chat.record(
+                    self.user_id, self.question, answer, self.completion_id, self.plan, index
+                )

@@ -7,9 +7,11 @@ views of the same memory deployment.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Sequence
 from typing import Any, Protocol
 
 from alignment.jobs import AlignmentJob
+from memory.embedder import Embedded, EmbeddingInput, EmbeddingRefused
 from memory.records import (
     ImportRefused,
     Interaction,
@@ -20,6 +22,7 @@ from memory.records import (
     Source,
     UserExport,
 )
+from memory.responses import ResponseScope, StoredResponse
 
 
 class MemoryPort(Protocol):
@@ -50,6 +53,16 @@ class MemoryPort(Protocol):
     async def take_alignment_due(self, user_id: str) -> bool: ...
     async def persona_similarity(self) -> tuple[list[str], list[list[float]]]: ...
     async def reload_documents(self) -> int: ...
+    async def embed(self, inputs: Sequence[EmbeddingInput]) -> Embedded | EmbeddingRefused: ...
+    async def save_response(self, record: StoredResponse) -> bool: ...
+    async def get_response(self, response_id: str, scope: ResponseScope) -> StoredResponse | None: ...
+    async def delete_response(self, response_id: str, scope: ResponseScope) -> bool: ...
+
+
+class CompletionBackend(Protocol):
+    def complete(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any] | str]:
+        """One `/v1/completions` body through vLLM's completion serving: one dict, or SSE strings."""
+        ...
 
 
 class TokenCounter(Protocol):

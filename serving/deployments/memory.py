@@ -1,19 +1,28 @@
 """Ray Serve deployment around `memory.service.MemoryService`.
 
+Any number of replicas with PostgreSQL (`memory.num_replicas`): each holds a cache of per-user FAISS
+indexes that every search checks against the store (`memory.index`), so any replica answers any user
+correctly; the consistent-hash router only keeps a user on one replica so its cache stays warm. With
+SQLite there is one replica, the file's one owner.
+
 Concurrent searches are gathered with `serve.batch`: their queries are embedded in one encoder call,
 then each is answered from its own user's index. Concurrent imports are gathered the same way so the
-embedder sees one large batch instead of many small ones.
+embedder sees one large batch instead of many small ones, and so are `/v1/embeddings` requests (their own
+batch: they read nothing stored, so any replica answers any of them).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
+import ray
 from ray import serve
 
 from agent.persona import AgentPersonaRules
+from memory.embedder import Embedded, EmbeddingInput, EmbeddingRefused, embed_requests
 from memory.profile import ProfileWriter
 from memory.records import (
     DocumentHit,
@@ -28,11 +37,13 @@ from memory.records import (
     UserDeleted,
     UserExport,
 )
+from memory.responses import ResponseScope, StoredResponse
 from memory.service import MemoryService, embedding_text
 from personaagent.llm import LLM
 from personaagent.salts import cache_salts
 from personaagent.settings import Settings
-from serving.deployments.handles import EngineHandle
+from serving.deployments.handles import EngineHandle, replica_metrics
+from serving.metrics import MemoryMetrics, ReplicaMetrics
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +66,10 @@ class MemoryDeployment:
         self._search_batch.set_batch_wait_timeout_s(mem.batch_wait_s)
         self._import_batch.set_max_batch_size(16)
         self._import_batch.set_batch_wait_timeout_s(mem.batch_wait_s)
+        self._embed_batch.set_max_batch_size(settings.embeddings.batch_size)
+        self._embed_batch.set_batch_wait_timeout_s(mem.batch_wait_s)
+        self._truncate_embeddings = settings.embeddings.truncate
+        self.metrics = MemoryMetrics(self.service.index)
 
     # -- batched paths -----------------------------------------------------------------------------
 
@@ -68,6 +83,14 @@ class MemoryDeployment:
             svc.search_vectors(user_id, vectors[i : i + 1], k, exclude)[0]
             for i, (user_id, _, k, exclude) in enumerate(requests)
         ]
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)
+    async def _embed_batch(self, requests: list[list[EmbeddingInput]]) -> list[Embedded | EmbeddingRefused]:
+        """`/v1/embeddings` requests: every accepted input of the batch in one encoder call. Stateless (the
+        encoder only), so the deployment may run any number of replicas."""
+        return await asyncio.to_thread(
+            embed_requests, self.service.embedder, requests, self._truncate_embeddings
+        )
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)
     async def _import_batch(
@@ -105,9 +128,18 @@ class MemoryDeployment:
     async def search(
         self, user_id: str, query: str, k: int, exclude_ids: tuple[int, ...] = ()
     ) -> list[MemoryHit] | None:
+        started = time.perf_counter()
         if not self.service.user_exists(user_id):
             return None
-        return await self._search_batch((user_id, query, k, tuple(exclude_ids)))
+        hits = await self._search_batch((user_id, query, k, tuple(exclude_ids)))
+        self.metrics.search_latency.observe(time.perf_counter() - started)
+        return hits
+
+    async def embed(self, inputs: list[EmbeddingInput]) -> Embedded | EmbeddingRefused:
+        result = await self._embed_batch(inputs)
+        if isinstance(result, Embedded):
+            self.metrics.embedded_inputs.inc(len(inputs))
+        return result
 
     async def get_profile(self, user_id: str) -> tuple[bool, Profile | None]:
         """(user exists, latest profile)."""
@@ -193,5 +225,27 @@ class MemoryDeployment:
     async def persona_similarity(self) -> tuple[list[str], list[list[float]]]:
         return self.service.persona_similarity()
 
+    # -- stored Responses-API responses (the ingress's `/v1/responses` routes) ------------------------------
+
+    async def save_response(self, record: StoredResponse) -> bool:
+        return await asyncio.to_thread(self.service.save_response, record)
+
+    async def get_response(self, response_id: str, scope: ResponseScope) -> StoredResponse | None:
+        return await asyncio.to_thread(self.service.get_response, response_id, scope)
+
+    async def delete_response(self, response_id: str, scope: ResponseScope) -> bool:
+        return await asyncio.to_thread(self.service.delete_response, response_id, scope)
+
+    async def replica_metrics(self) -> ReplicaMetrics:
+        """This replica's metrics for the ingress's `/metrics` (called on every replica: `broadcast`)."""
+        return replica_metrics(self.metrics.text())
+
     async def stats(self) -> dict[str, Any]:
-        return {"vectors": self.service.index.total(), "device": self.service.index.device}
+        """This replica's index cache, and where the replica runs (operators, and the multi-node test)."""
+        index = self.service.index
+        return {
+            "vectors": index.total(), "device": index.device, "users_cached": len(index.users()),
+            "cache_hits": index.cache_hits, "cache_loads": index.cache_loads,
+            "cache_catch_ups": index.cache_catch_ups, "replica": serve.get_replica_context().replica_tag,
+            "node": ray.get_runtime_context().get_node_id(), "actor": ray.get_runtime_context().get_actor_name(),
+        }  # fmt: skip
