@@ -21,7 +21,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from openai.types.responses import Response as ResponseObject
 from pydantic import ValidationError
-from vllm.exceptions import VLLMClientError
 
 from memory.records import utcnow
 from memory.responses import ResponseScope, StoredResponse
@@ -45,6 +44,7 @@ from serving.responses_request import (
     refusal,
     response_format,
 )
+from serving.vllm_compat import client_error_types
 
 logger = logging.getLogger(__name__)
 
@@ -201,7 +201,7 @@ class ResponsesAPI:
             raise APIError(
                 400, f"{param or 'request'}: {first.get('msg', 'invalid value')}", param=param
             ) from exc
-        except VLLMClientError as exc:
+        except client_error_types() as exc:  # vLLM's own request checks: the client's mistake
             name = getattr(exc, "parameter", None)
             param = _CHAT_TO_RESPONSES_PARAM.get(name, name) if name else None
             raise APIError(400, str(exc), param=param) from exc

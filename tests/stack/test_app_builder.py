@@ -23,6 +23,9 @@ def test_serve_config_import_path_builds_the_application(
     serve_config = yaml.safe_load(rayservice(docs)["spec"]["serveConfigV2"])
     [app] = serve_config["applications"]
     assert app["args"]["config"] == VARIANTS[variant]
+    if variant == "gpu-postgres":  # what its pods get from Secrets (nothing connects to the database here)
+        monkeypatch.setenv("PERSONAAGENT_STORE__URL", "postgresql://app:secret@db.invalid:5432/app")
+        monkeypatch.setenv("PERSONAAGENT_AUTH__CACHE_SALT_SECRET", "0" * 64)
     module, attr = app["import_path"].split(":")
     builder = getattr(importlib.import_module(module), attr)
     with pytest.raises(OpenServerRefused, match=r"auth\.allow_open"):  # no keys: refuses to serve openly
