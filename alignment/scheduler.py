@@ -2,6 +2,14 @@
 
 The deployment (`serving/deployments/alignment.py`) is a thin adapter: it hands this service the job
 store, the memory port and a function that aligns one user on a pool worker.
+
+Several schedulers (alignment replicas, on any nodes) may claim from one queue (PostgreSQL). A job runs
+again when its first worker stopped renewing its lease, so a job may run twice; its persona is written
+at most once all the same: (1) the write is conditional on the persona version the run began from,
+decided inside the store's write; (2) just before it, the run renews its lease and writes nothing if
+another worker holds the job now, so the write is the holder's and the job's result names it; (3) a
+run that finds its job's persona already written (its first worker wrote it and died before finishing
+the job) finishes the job with that version instead of aligning again.
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ class SchedulerMemory(Protocol):
     """What the queue needs from memory (a handle adapter in serving, a fake in unit tests)."""
 
     async def persona_for(self, user_id: str) -> PersonaVersion | None: ...
+    async def persona_history(self, user_id: str) -> list[PersonaVersion] | None: ...
     async def set_persona_if_current(
         self, user_id: str, text: str, base_version: int, details: dict[str, Any]
     ) -> PersonaVersion | None: ...
@@ -106,6 +115,10 @@ class AlignmentScheduler:
 
     def metrics_text(self) -> str:
         return generate_latest(self.metrics.registry).decode()
+
+    def held(self) -> list[str]:
+        """Ids of the jobs this scheduler holds (claimed, not finished)."""
+        return sorted(self._held)
 
     # -- the rounds --------------------------------------------------------------------------------
 
@@ -192,7 +205,23 @@ class AlignmentScheduler:
         self.metrics.users.labels("failed").inc()
         self._finish(job, "failed", error=error[:500])
 
+    async def _written_before(self, job: AlignmentJob) -> dict[str, Any] | None:
+        """A job taken again (its worker died): the result of an earlier run that wrote its persona."""
+        if job.attempts <= 1:
+            return None
+        for version in reversed(await self.memory.persona_history(job.user_id) or []):
+            if version.reason == "alignment" and version.details.get("job_id") == job.id:
+                logger.info(
+                    "alignment job %s: persona v%d was written by its earlier run", job.id, version.version
+                )
+                return {**version.details, "accepted": True, "persona_version": version.version,
+                        "base_version": version.parent, "candidate": version.text, "recovered": True}  # fmt: skip
+        return None
+
     async def _align_and_store(self, n: int, job: AlignmentJob) -> dict[str, Any] | None:
+        written = await self._written_before(job)
+        if written is not None:
+            return written
         # The current persona, or the initial one created now; never re-creates a user deleted since the
         # job was queued, nor while its initial persona is written (checked inside that write).
         current = await self.memory.persona_for(job.user_id)
@@ -210,6 +239,10 @@ class AlignmentScheduler:
                 "metric": outcome.metric, "interactions": outcome.interactions, "prompt_tokens": outcome.prompt_tokens,
                 "completion_tokens": outcome.completion_tokens, "seconds": outcome.seconds, "job_id": job.id,
             }  # fmt: skip
+            if not self.jobs.renew(self.worker, [job.id]):  # another worker runs the job now: it writes
+                result["accepted"] = False
+                result["skipped"] = "the job's lease was lost: another worker runs it"
+                return result
             stored = await self.memory.set_persona_if_current(
                 job.user_id, outcome.candidate, outcome.base_version, details
             )

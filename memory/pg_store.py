@@ -25,6 +25,7 @@ from psycopg.types.json import Json
 from memory.records import (
     Interaction,
     InteractionIn,
+    PersonaChanged,
     PersonaVersion,
     Profile,
     Source,
@@ -426,11 +427,16 @@ class PostgresStore:
         details: dict[str, Any],
         keep: int | None = None,
         generation: int | None = None,
+        expected_version: int | None = None,
     ) -> PersonaVersion:
         now = utcnow()
         with self._db.transaction() as conn:
             self._require_user(conn, user_id, generation)
             version = self._next_version(conn, "personas", user_id)
+            if expected_version is not None and version - 1 != expected_version:
+                raise PersonaChanged(
+                    f"user '{user_id}' has persona version {version - 1}, not {expected_version}"
+                )
             conn.execute(
                 "INSERT INTO personas(user_id, version, text, reason, parent, created_at, details)"
                 " VALUES (%s, %s, %s, %s, %s, %s, %s)",

@@ -31,6 +31,25 @@ def _checked_user_id(value: str) -> str:
 # The pattern documents the id in schemas; the validator makes the check `is_valid_user_id` itself.
 UserId = Annotated[str, StringConstraints(pattern=USER_ID_PATTERN), AfterValidator(_checked_user_id)]
 
+
+def _without_nul(value: str) -> str:
+    # PostgreSQL's text type cannot hold U+0000: refused on both backends alike, so a request means the same
+    # whatever stores it (a 400 at the API, never a 500 from the database).
+    if "\x00" in value:
+        raise ValueError("must not contain a NUL character (U+0000)")
+    return value
+
+
+# Any text the API stores in a text column: the same on SQLite and PostgreSQL.
+StoredText = Annotated[str, AfterValidator(_without_nul)]
+
+
+def strip_nul(text: str) -> str:
+    """`text` without NUL characters: for text the server writes on its own (a chat's write-back), where
+    the request was already answered and refusing would lose the interaction."""
+    return text.replace("\x00", "")
+
+
 Source = Literal["import", "chat", "feedback", "eval"]
 
 
@@ -43,8 +62,8 @@ class InteractionIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    input: str = Field(min_length=1, description="what the user asked or did")
-    output: str | None = Field(None, description="the answer / ground truth, if known")
+    input: StoredText = Field(min_length=1, description="what the user asked or did")
+    output: StoredText | None = Field(None, description="the answer / ground truth, if known")
     timestamp: datetime | None = Field(None, description="when it happened (default: now)")
     metadata: dict[str, Any] = Field(default_factory=dict)
 
@@ -63,6 +82,11 @@ class StorageQuotaExceeded(Exception):
 class UserDeleted(Exception):
     """The user was deleted (and perhaps re-created) after this write's operation began: the write is
     refused, so an operation that started before a DELETE never brings the user back."""
+
+
+class PersonaChanged(Exception):
+    """A conditional persona write found another version current than the one it was based on (an
+    alignment that began from version N, or a first persona written meanwhile by another replica)."""
 
 
 class ImportRefused(BaseModel):

@@ -34,6 +34,7 @@ import numpy as np
 from memory.records import (
     Interaction,
     InteractionIn,
+    PersonaChanged,
     PersonaVersion,
     Profile,
     Source,
@@ -152,6 +153,7 @@ class Store(Protocol):
         details: dict[str, Any],
         keep: int | None = None,
         generation: int | None = None,
+        expected_version: int | None = None,
     ) -> PersonaVersion: ...
     def list_personas(self, user_id: str) -> list[PersonaVersion]: ...
     def delete_user(self, user_id: str) -> bool: ...
@@ -533,13 +535,20 @@ class SQLiteStore:
         details: dict[str, Any],
         keep: int | None = None,
         generation: int | None = None,
+        expected_version: int | None = None,
     ) -> PersonaVersion:
         """A new persona version of an existing user (`UserDeleted` otherwise, or when `generation` is
-        given and changed); `keep`: how many versions stay (the oldest beyond it go)."""
+        given and changed); `keep`: how many versions stay (the oldest beyond it go). `expected_version`:
+        written only while that version is the current one (0: none yet), else `PersonaChanged`; decided
+        inside the write, so two writers based on one version (two replicas) cannot both write."""
         now = utcnow()
         with self._tx() as conn:
             self._require_user(conn, user_id, generation)
             version = self._next_version(conn, "personas", user_id)
+            if expected_version is not None and version - 1 != expected_version:
+                raise PersonaChanged(
+                    f"user '{user_id}' has persona version {version - 1}, not {expected_version}"
+                )
             conn.execute(
                 "INSERT INTO personas(user_id, version, text, reason, parent, created_at, details)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?)",

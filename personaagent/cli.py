@@ -84,7 +84,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    settings = _apply_overrides(load_settings(args.config), args)
+    from pydantic import ValidationError
+
+    try:
+        settings = _apply_overrides(load_settings(args.config), args)
+    except ValidationError as exc:  # e.g. memory.num_replicas > 1 on SQLite: say why, no traceback
+        print(f"error: invalid settings: {exc}", file=sys.stderr)
+        return 2
     if not settings.auth.api_keys and not _is_loopback(settings.server.host) and not settings.auth.allow_open:
         print(
             f"error: no API keys configured (auth.api_keys): refusing to serve openly on {settings.server.host}. "
@@ -125,7 +131,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 raise
             print(f"Ray did not start ({exc}); trying once more", flush=True)
             ray.shutdown()
-    serve.start(http_options={"host": settings.server.host, "port": settings.server.port})
+    serve.start(
+        proxy_location=settings.server.proxy_location,
+        http_options={"host": settings.server.host, "port": settings.server.port},
+    )
     serve.run(build_app(settings), name="personaagent", route_prefix="/", blocking=False)
     ready_s = time.monotonic() - started
     url = f"http://{settings.server.host}:{settings.server.port}"

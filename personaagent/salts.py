@@ -6,8 +6,11 @@ persona or conversation token by token (the reason for CVE-2025-46570; vLLM's do
 random salt per tenant). A salt here is HMAC-SHA256(server secret, kind + id): a kind letter and 64
 hex characters, inside vLLM's rules (no `@`, at most 128 characters) for any user id.
 
-The secret comes from settings (`auth.cache_salt_secret`, e.g. from a Kubernetes Secret) or is made once
-into `data_dir/cache_salt.key` (owner-only) by `resolve_salt_secret`.
+The secret comes from settings (`auth.cache_salt_secret`, e.g. from a Kubernetes Secret), else it is made
+once by `resolve_salt_secret`: into `data_dir/cache_salt.key` (owner-only) on SQLite, or into one row of
+the shared PostgreSQL database (`store.url`), so every replica on every node derives the same salts with
+no volume in common. Whoever can read that database can read every user's data anyway; the salts protect
+tenants from each other through the engine, not from the database's operators.
 """
 
 from __future__ import annotations
@@ -18,10 +21,14 @@ import hmac
 import os
 import secrets
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import SecretStr
 
 from personaagent.settings import Settings
+
+if TYPE_CHECKING:
+    from personaagent.postgres import PostgresDatabase
 
 SECRET_FILENAME = "cache_salt.key"
 _SECRET_BYTES = 32
@@ -48,10 +55,8 @@ class CacheSalts:
         return self._derive("k", key_name)
 
 
-def resolve_salt_secret(configured: str | None, data_dir: Path) -> str:
-    """The configured secret, else the one in `data_dir` (made on first use, mode 0600, race-free)."""
-    if configured:
-        return configured
+def file_secret(data_dir: Path) -> str:
+    """The secret in `data_dir` (made on first use, mode 0600, race-free)."""
     path = Path(data_dir) / SECRET_FILENAME
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -66,22 +71,61 @@ def resolve_salt_secret(configured: str | None, data_dir: Path) -> str:
     return path.read_text().strip()
 
 
+# Append-only (personaagent.postgres.PostgresDatabase.migrate): a schema change is a new entry.
+SECRETS_MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE server_secrets (
+        name TEXT PRIMARY KEY,
+        value TEXT NOT NULL,
+        created_at TIMESTAMPTZ NOT NULL DEFAULT now()
+    );
+    """,
+]
+SECRET_ROW = "cache_salt"
+
+
+def database_secret(db: PostgresDatabase) -> str:
+    """The secret in the shared database: the first process to ask makes it, all others read that one
+    (INSERT ... ON CONFLICT DO NOTHING, then a read: no lock, no race, nothing to coordinate)."""
+    db.migrate("secrets", SECRETS_MIGRATIONS)
+    db.execute(
+        "INSERT INTO server_secrets(name, value) VALUES (%s, %s) ON CONFLICT (name) DO NOTHING",
+        (SECRET_ROW, secrets.token_hex(_SECRET_BYTES)),
+    )
+    rows = db.query("SELECT value FROM server_secrets WHERE name = %s", (SECRET_ROW,))
+    return str(rows[0]["value"])
+
+
+def resolve_salt_secret(settings: Settings) -> str:
+    """`auth.cache_salt_secret`, else the one kept where the state lives (`store.url`)."""
+    configured = settings.auth.cache_salt_secret
+    if configured is not None:
+        return configured.get_secret_value()
+    if not settings.store.postgres:
+        return file_secret(settings.data_dir)
+    from personaagent.postgres import PostgresDatabase  # psycopg only where PostgreSQL is configured
+
+    db = PostgresDatabase(settings.store.model_copy(update={"pool_min_size": 1, "pool_max_size": 1}),
+                          name="personaagent-salts")  # fmt: skip
+    try:
+        return database_secret(db)
+    finally:
+        db.close()
+
+
 def with_salt_secret(settings: Settings) -> Settings:
     """`settings` with `auth.cache_salt_secret` resolved, so every process derives the same salts.
 
-    Called once where the application is built: replicas on other nodes (no `data_dir` there) get the
-    secret with their settings instead of reading the file.
+    Called once where the application is built: replicas on other nodes (no `data_dir` there, and no
+    reason to open a database connection for it) get the secret with their settings.
     """
     if settings.auth.cache_salt_secret is not None:
         return settings
-    secret = SecretStr(resolve_salt_secret(None, settings.data_dir))
+    secret = SecretStr(resolve_salt_secret(settings))
     return settings.model_copy(
         update={"auth": settings.auth.model_copy(update={"cache_salt_secret": secret})}
     )
 
 
 def cache_salts(settings: Settings) -> CacheSalts:
-    configured = settings.auth.cache_salt_secret
-    return CacheSalts(
-        resolve_salt_secret(configured.get_secret_value() if configured else None, settings.data_dir)
-    )
+    return CacheSalts(resolve_salt_secret(settings))

@@ -7,6 +7,7 @@ from fastapi import APIRouter, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from alignment.jobs import AlignmentJob
+from memory.records import StoredText
 from personaagent.settings import Settings
 from serving.auth import require_admin, require_user
 from serving.errors import APIError
@@ -19,7 +20,7 @@ class FeedbackRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     completion_id: str | None = Field(None, description="the `id` of a chat completion we returned")
     input: str | None = Field(None, description="or the user's request text (newest match)")
-    expected_output: str = Field(min_length=1, max_length=20_000, description="the right answer")
+    expected_output: StoredText = Field(min_length=1, max_length=20_000, description="the right answer")
 
     @model_validator(mode="after")
     def _one_key(self) -> "FeedbackRequest":

@@ -42,9 +42,47 @@ def engine_scaling_options(settings: Settings) -> dict[str, Any]:
 
 
 def data_actor_options(settings: Settings, num_cpus: float) -> dict[str, Any]:
-    """Deployments that own data_dir files run on the node that mounts it (a tiny share of its resource)."""
+    """On SQLite, the deployments that own data_dir files run on the node that mounts it (a tiny share of
+    `memory.placement_resource`). On PostgreSQL they own no file: any node, the pin ignored (a config
+    written for SQLite keeps working when only store.url is added)."""
     resource = settings.memory.placement_resource
+    if resource and settings.store.postgres:
+        logger.warning(
+            "memory.placement_resource=%s is ignored with store.url (PostgreSQL): memory and alignment "
+            "replicas run on any node", resource,
+        )  # fmt: skip
+        resource = None
     return {"num_cpus": num_cpus} | ({"resources": {resource: 0.01}} if resource else {})
+
+
+def memory_options(settings: Settings) -> dict[str, Any]:
+    """Replicas, placement and request routing of the memory deployment. Several replicas (PostgreSQL
+    only: `Settings` refuses more on SQLite) each keep an index cache; the consistent-hash router sends a
+    user's calls (keyed by their salt: `MemoryHandle`) to one replica, so that cache stays warm."""
+    memory = settings.memory
+    options: dict[str, Any] = {
+        "num_replicas": memory.num_replicas,
+        "ray_actor_options": data_actor_options(settings, memory.num_cpus),
+    }
+    if memory.max_replicas_per_node is not None:
+        options["max_replicas_per_node"] = memory.max_replicas_per_node
+    if memory.request_router != "default":
+        options["request_router_config"] = RequestRouterConfig(
+            request_router_class=REQUEST_ROUTER_CLASSES[memory.request_router]
+        )
+    return options
+
+
+def alignment_options(settings: Settings) -> dict[str, Any]:
+    """Each alignment replica runs a scheduler claiming from the shared job queue, and its actor pool."""
+    alignment = settings.alignment
+    options: dict[str, Any] = {
+        "num_replicas": alignment.num_replicas,
+        "ray_actor_options": data_actor_options(settings, alignment.num_cpus),
+    }
+    if alignment.max_replicas_per_node is not None:
+        options["max_replicas_per_node"] = alignment.max_replicas_per_node
+    return options
 
 
 # How often a stopping replica looks at its ongoing requests (Ray's default 2 s): Serve stops the deployments
@@ -65,17 +103,10 @@ def build_app(settings: Settings) -> Application:
         health_check_timeout_s=30,
     ).bind(settings)
     memory = MemoryDeployment.options(
-        **DRAIN_OPTIONS,
-        # One replica owns the SQLite file and its index; more replicas need a server database.
-        num_replicas=settings.memory.num_replicas,
-        ray_actor_options=data_actor_options(settings, 0.5),
-        max_ongoing_requests=512,
+        **DRAIN_OPTIONS, **memory_options(settings), max_ongoing_requests=512
     ).bind(engine, settings)
     alignment = AlignmentDeployment.options(
-        **DRAIN_OPTIONS,
-        num_replicas=1,  # owns the queue; the work itself runs in the actor pool
-        ray_actor_options=data_actor_options(settings, 0.25),
-        max_ongoing_requests=512,
+        **DRAIN_OPTIONS, **alignment_options(settings), max_ongoing_requests=512
     ).bind(engine, memory, settings)
     return IngressDeployment.options(
         **DRAIN_OPTIONS,

@@ -14,6 +14,7 @@ from memory.records import (
     MemoryHit,
     PersonaVersion,
     Profile,
+    StoredText,
     UserExport,
 )
 from personaagent.settings import Settings
@@ -29,7 +30,7 @@ UserIdPath = Annotated[
 
 class PersonaEdit(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    text: str = Field(min_length=1, description="the new persona (system prompt)")
+    text: StoredText = Field(min_length=1, description="the new persona (system prompt)")
     note: str | None = Field(None, max_length=500)
 
 

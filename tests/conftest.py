@@ -16,11 +16,16 @@ pytest_plugins = ["tests.postgres"]
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Everything under tests/stack carries the `stack` marker (`-m "not stack"` == tests/unit); tests
-    marked `last` (the crash test restarts the shared stack) run after all others."""
+    marked `last` (the crash test restarts the shared stack) run after all others, tests marked `first`
+    (the multi-node test starts a stack of its own) before any other, so two stacks never run at once."""
     for item in items:
         if STACK_DIR in Path(item.fspath).parents:
             item.add_marker(pytest.mark.stack)
-    items.sort(key=lambda item: item.get_closest_marker("last") is not None)
+
+    def place(item: pytest.Item) -> int:
+        return -1 if item.get_closest_marker("first") else int(item.get_closest_marker("last") is not None)
+
+    items.sort(key=place)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

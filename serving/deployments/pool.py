@@ -44,7 +44,7 @@ class AlignmentWorker:
     def __init__(self, engine_handle: Any, memory_handle: Any, settings: Settings) -> None:
         self.runner = CappedRunner(EngineHandle(engine_handle), settings.alignment.max_inflight_calls)
         llm = LLM(self.runner, settings.engine.served_model_name)
-        self.memory = MemoryHandle(memory_handle)
+        self.memory = MemoryHandle(memory_handle, cache_salts(settings).user)
         self.agent = PersonaAgent(
             llm,
             self.memory,

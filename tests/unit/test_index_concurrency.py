@@ -8,6 +8,7 @@ import threading
 import numpy as np
 
 from memory.index import EpisodicIndex
+from memory.store import UserVectors
 
 DIM = 64
 
@@ -74,21 +75,33 @@ def test_one_row_adds_grow_the_id_map_amortized_not_by_copying_it_each_time() ->
     assert index.ntotal == 4000
 
 
-def test_an_evicted_users_index_reloads_from_the_loader() -> None:
+class StoredVectors:
+    """A `VectorSource` over fixed rows: every user at version 1, generation 0."""
+
+    def __init__(self, stored: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
+        self.stored = stored
+        self.loads: list[str] = []
+
+    def user_version(self, user_id: str) -> int | None:
+        return 1 if user_id in self.stored else None
+
+    def user_vectors(self, user_id: str, after_id: int | None = None) -> UserVectors:
+        self.loads.append(user_id)
+        ids, vectors = self.stored[user_id]
+        return UserVectors(version=1, generation=0, ids=ids, vectors=vectors)
+
+
+def test_an_evicted_users_index_reloads_from_the_store() -> None:
     rng = np.random.default_rng(2)
-    stored = {
-        u: (np.arange(n * 10, n * 10 + 5), rng.standard_normal((5, DIM)).astype(np.float32))
-        for n, u in enumerate("abc")
-    }
-    loads: list[str] = []
-
-    def loader(user_id: str) -> tuple[np.ndarray, np.ndarray]:
-        loads.append(user_id)
-        return stored.get(user_id, (np.zeros(0, dtype=np.int64), np.zeros((0, DIM), dtype=np.float32)))
-
-    index = EpisodicIndex(DIM, "cpu", max_users=2, loader=loader)
+    source = StoredVectors(
+        {
+            u: (np.arange(n * 10, n * 10 + 5), rng.standard_normal((5, DIM)).astype(np.float32))
+            for n, u in enumerate("abc")
+        }
+    )
+    index = EpisodicIndex(DIM, "cpu", max_users=2, source=source)
     query = rng.standard_normal((1, DIM)).astype(np.float32)
     first = {u: index.search(u, query, 3) for u in "abc"}
-    assert index.users() == ["b", "c"] and loads == ["a", "b", "c"]
-    assert index.search("a", query, 3) == first["a"] and loads[-1] == "a"  # reloaded, same top-k
+    assert index.users() == ["b", "c"] and source.loads == ["a", "b", "c"]
+    assert index.search("a", query, 3) == first["a"] and source.loads[-1] == "a"  # reloaded, same top-k
     assert index.search("nobody", query, 3) == [[]] and "nobody" not in index.users()

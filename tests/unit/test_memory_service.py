@@ -210,6 +210,7 @@ def test_storage_quotas_refuse_a_write_whole(tmp_path: Path, embedder: Embedder)
         with pytest.raises(StorageQuotaExceeded, match="max_items_per_user"):
             svc.add_interactions_sync("hana", _items(VIOLENCE[:2]), "import")  # 3 + 2 > 4
         assert len(svc.store.list_interactions("hana")) == 3  # nothing of the refused write was kept
+        assert len(svc.search_vectors("hana", embedder.encode(["a movie"]), 10)[0]) == 3
         assert svc.index.total() == 3
         with pytest.raises(StorageQuotaExceeded, match="max_bytes_per_user"):
             svc.add_interactions_sync("hana", _items(["é" * 450]), "import")  # 900 bytes, not 450 characters
