@@ -17,13 +17,16 @@ from tests import REPO_ROOT
 STACK_START_TIMEOUT_S = float(os.environ.get("PERSONAAGENT_TEST_START_TIMEOUT", "900"))
 
 
-# The test stack runs with API keys, as a deployment would: an admin key for the tests, and a key scoped
-# to the user "alice" for the tenant-scoping tests.
+# The test stack runs with API keys, as a deployment would: an admin key for the tests, a key scoped to the
+# user "alice" for the tenant-scoping tests, and a second unscoped key (another tenant's app) for the
+# cache-isolation tests.
 ADMIN_KEY = new_key()
 ALICE_KEY = new_key()
+TENANT_B_KEY = new_key()
 API_KEYS = [
     {"name": "tests-admin", "sha256": hash_key(ADMIN_KEY)},
     {"name": "alice", "sha256": hash_key(ALICE_KEY), "user_id": "alice"},
+    {"name": "tenant-b", "sha256": hash_key(TENANT_B_KEY)},
 ]
 
 

@@ -15,7 +15,8 @@ MODEL = "smollm2-135m-instruct"
 
 def test_list_models(stack: Stack) -> None:
     models = stack.openai().models.list()
-    assert [m.id for m in models.data] == [MODEL]
+    # The engine's model first (what a client picking `data[0]` should chat with), then the embedding model.
+    assert [m.id for m in models.data] == [MODEL, "all-MiniLM-L6-v2"]
     assert models.data[0].max_model_len == 4096  # type: ignore[attr-defined]
 
 

@@ -7,7 +7,7 @@ import stat
 import pytest
 
 from personaagent.salts import SECRET_FILENAME, CacheSalts
-from tests.stack.harness import ALICE_KEY, Stack
+from tests.stack.harness import TENANT_B_KEY, Stack
 from tests.stack.helpers import wait_job
 
 MODEL = "smollm2-135m-instruct"
@@ -73,9 +73,11 @@ def test_a_client_salt_equal_to_a_users_gets_none_of_that_users_prompt(stack: St
     assert persona_tokens >= 256 and cached(own) >= persona_tokens - 32  # the prompt is in the cache
 
     secret = (stack.data_dir / SECRET_FILENAME).read_text().strip()
-    probes = [  # one probe per key: a key's own earlier probe would be a (legitimate) hit
+    # One probe per unscoped key (a key's own earlier probe would be a legitimate hit; a user-scoped key
+    # would be answered by its own user's agent, not the plain model probed here).
+    probes = [
         (stack.openai(), f"user:{victim}"),  # the old, guessable form
-        (stack.openai(api_key=ALICE_KEY), CacheSalts(secret).user(victim)),  # the real salt, leaked
+        (stack.openai(api_key=TENANT_B_KEY), CacheSalts(secret).user(victim)),  # the real salt, leaked
     ]
     for client, salt in probes:
         probe = client.chat.completions.create(
