@@ -51,6 +51,7 @@ class AgentMemory(Protocol):
     ) -> list[MemoryHit] | None: ...
     async def get_profile_text(self, user_id: str) -> str | None: ...
     async def search_documents(self, query: str, k: int) -> list[DocumentHit]: ...
+    async def document_count(self) -> int: ...
 
 
 class AgentOptions(BaseModel):
@@ -388,6 +389,8 @@ class PersonaAgent:
         persona: str | None = None
         transient: str | None = None
         generation: int | None = None
+        # Asked beside the persona (no added wait): whether the document search has anything to find.
+        documents = asyncio.create_task(self._has_documents()) if switches.tools else None
         if switches.persona:
             if persona_override is not None:
                 persona = persona_override
@@ -398,6 +401,10 @@ class PersonaAgent:
                 generation = record.details.get("generation")
 
         tools = list(BUILTIN_TOOLS) + client_tool_specs(client_tools) if switches.tools else []
+        if documents is not None and not await documents:
+            # An empty collection is never offered: small models otherwise search it for greetings and
+            # answer "No documents found" (Qwen2.5-Coder-1.5B did, 2 of 5 check-set answers, 2026-12-07).
+            tools = [t for t in tools if t.name != "search_documents"]
         if not switches.memory:
             tools = [t for t in tools if t.name not in {"search_memory", "get_profile"}]
         plan = AgentPlan(
@@ -963,6 +970,15 @@ class PersonaAgent:
             logger.warning("tool %s failed for a request: %s", name, exc)
             full = f"(tool failed: {step.error})"
         return step, full, hits
+
+    async def _has_documents(self) -> bool:
+        """Whether the shared document collection holds any chunk; unknown (the memory service failed to
+        say) counts as no: its search would fail the same way."""
+        try:
+            return await self.memory.document_count() > 0
+        except Exception as exc:  # the chat goes on without the tool, as with a failing tool
+            logger.warning("document count unavailable: %s", exc)
+            return False
 
     async def answer(
         self, plan: AgentPlan, *, max_tokens: int = 256, priority: int = 0, temperature: float = 0.0

@@ -80,6 +80,9 @@ class HttpMemory:
     async def search_documents(self, query: str, k: int) -> list[DocumentHit]:
         return []
 
+    async def document_count(self) -> int:
+        return 0
+
     async def ground_truth(self, user_id: str, n: int) -> list[Interaction]:
         items = await self.api.interactions(user_id)
         with_truth = sorted((i for i in items if i.output), key=lambda i: (i.timestamp, i.id), reverse=True)

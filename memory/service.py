@@ -495,8 +495,12 @@ class MemoryService:
 
     # -- documents ---------------------------------------------------------------------------------
 
+    def document_count(self) -> int:
+        """Chunks in this replica's document index (every replica reloads together: `reload_documents`)."""
+        return self.documents.count() if self.documents is not None else 0
+
     def search_documents(self, query: str, k: int) -> list[DocumentHit]:
-        if self.documents is None or self.documents.count() == 0:
+        if self.document_count() == 0:
             return []
         return self.documents.search(self.embedder.encode([query]), k)
 

@@ -176,6 +176,9 @@ class MemoryHandle:
     async def search_documents(self, query: str, k: int) -> list[DocumentHit]:
         return await self._any_call("search_documents", query, k, retry=True)
 
+    async def document_count(self) -> int:
+        return int(await self._any_call("document_count", retry=True))
+
     async def reload_documents(self) -> int:
         """Every replica reloads its document index (`broadcast`): the collection is read whole at a
         replica's start, so one that starts later has the new one too. The chunk count of the replicas."""

@@ -182,6 +182,9 @@ class MemoryDeployment:
     async def reload_documents(self) -> int:
         return self.service.documents.reload() if self.service.documents else 0
 
+    async def document_count(self) -> int:
+        return self.service.document_count()
+
     async def record_chat(self, user_id: str, item: InteractionIn, generation: int | None = None) -> int | None:
         """Write a chat back; dropped (None) when the user was deleted while the chat ran: a chat creates
         its user when it starts (the persona), so only a delete can make the user vanish before this. The

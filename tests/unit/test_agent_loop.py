@@ -100,6 +100,7 @@ class ScriptedEngine:
 class MemoryStub:
     def __init__(self) -> None:
         self.searches: list[str] = []
+        self.documents: int | Exception = 3  # chunks in the collection (its search fails: "offline")
 
     async def ensure_persona(self, user_id: str) -> PersonaVersion:
         return PersonaVersion(
@@ -127,6 +128,11 @@ class MemoryStub:
 
     async def search_documents(self, query: str, k: int) -> list[DocumentHit]:
         raise RuntimeError("document index offline")
+
+    async def document_count(self) -> int:
+        if isinstance(self.documents, Exception):
+            raise self.documents
+        return self.documents
 
 
 def _agent(
@@ -293,6 +299,17 @@ async def test_failing_tool_is_an_observation_not_a_crash() -> None:
     assert plan.steps[0].error == "RuntimeError"
     assert "tool failed" in engine.bodies[1]["messages"][-1]["content"]
     assert "offline" not in engine.bodies[1]["messages"][-1]["content"]  # no exception text in prompts
+
+
+async def test_the_document_search_is_offered_only_when_the_collection_has_documents() -> None:
+    offered: dict[str, set[str]] = {}
+    for case, documents in [("three", 3), ("empty", 0), ("unknown", RuntimeError("memory down"))]:
+        agent, _engine, memory = _agent(["hi"], auto_memory_search=False)
+        memory.documents = documents
+        plan = await agent.prepare("u1", [{"role": "user", "content": "Say hi."}])
+        offered[case] = {t.name for t in plan.tools}
+    assert "search_documents" in offered["three"] and {"search_memory", "get_profile"} <= offered["empty"]
+    assert "search_documents" not in offered["empty"] | offered["unknown"]
 
 
 async def test_ablations_remove_persona_memory_and_tools() -> None:
