@@ -5,7 +5,10 @@ greeting, a preference question, a request in their domain, a follow-up that con
 request that needs the profile). Each request is sent streamed, with `user` (the agent: persona, memory,
 tools offered) and without (plain), interleaved so the machine's noise hits both alike. Printed, for the
 served model: how many personalized answers hold a tool call written as text or markup (target 0 of N),
-LLM calls and tool rounds per request, TTFT and whole-answer p50, personalized vs plain.
+LLM calls and tool rounds per request, TTFT and whole-answer p50, personalized vs plain. Then the budget
+probe: a personalized "Say hi." with `max_tokens` 8, 24 and 64, streamed and not, for the first user: the
+answer's own tokens (the last round's), the finish reason, and whether the answer holds call text (tool
+rounds have their own budget, `agent.tool_round_max_tokens`, and count in `usage` only).
 
     .venv/bin/python -m loadtests.bench_chat_checks                       # starts the default stack
     .venv/bin/python -m loadtests.bench_chat_checks --url http://127.0.0.1:8000   # a running server
@@ -52,6 +55,36 @@ def stream_chat(http: httpx.Client, body: dict[str, Any]) -> dict[str, Any]:
                 finish = choice.get("finish_reason") or finish
     whole = time.perf_counter() - started
     return {"text": "".join(text), "ttft": ttft or whole, "whole": whole, "finish": finish, "trace": trace}
+
+
+PROBE_BUDGETS = (8, 24, 64)
+
+
+def budget_probe(http: httpx.Client, model: str, uid: str) -> list[dict[str, Any]]:
+    """"Say hi." with small budgets (the case where a tool round used to eat the answer's tokens)."""
+    rows = []
+    for max_tokens in PROBE_BUDGETS:
+        for stream in (False, True):
+            body = {"model": model, "user": uid, "temperature": 0.0, "max_tokens": max_tokens,
+                    "messages": [{"role": "user", "content": "Say hi."}], "stream": stream}  # fmt: skip
+            if stream:
+                result = stream_chat(http, body)
+                text, finish, trace = result["text"], result["finish"], result["trace"]
+                usage = None
+            else:
+                reply = http.post("/v1/chat/completions", json=body)
+                reply.raise_for_status()
+                data = reply.json()
+                text = data["choices"][0]["message"].get("content") or ""
+                finish, trace = data["choices"][0]["finish_reason"], data.get("persona_agent") or {}
+                usage = data["usage"]["completion_tokens"]
+            rounds = trace.get("rounds") or [{}]
+            rows.append({
+                "max_tokens": max_tokens, "stream": stream, "text": text, "finish": finish,
+                "answer_tokens": rounds[-1].get("completion_tokens"), "usage_completion_tokens": usage,
+                "llm_calls": trace.get("llm_calls"), "call_text": contains_call_text(text, None, finish == "length"),
+            })  # fmt: skip
+    return rows
 
 
 def main() -> None:
@@ -110,6 +143,12 @@ def main() -> None:
                         conversation[kind] = [*messages, {"role": "assistant", "content": result["text"]}]
                     done += 1
                     console.print(f"  {done}/{total}", end="\r")
+            with console.status("budget probe"):
+                try:
+                    probe = budget_probe(http, model, f"{checks[0]['user']}.{run}")
+                except httpx.HTTPError as exc:  # the check set's results are kept either way
+                    console.print(f"[red]budget probe failed[/red]: {exc!r}")
+                    probe = []
             for user in checks:  # a running server keeps none of the check users
                 http.delete(f"/v1/users/{user['user']}.{run}")
     finally:
@@ -133,6 +172,14 @@ def main() -> None:
         a, b = p50["personalized"][m], p50["plain"][m]
         table.add_row(label, f"{a:.0f}", f"{b:.0f}", f"{a / b:.2f}x")
     console.print(table)
+    budget = Table(title='Budget probe: personalized "Say hi."')
+    for col in ("max_tokens", "stream", "answer tokens", "usage completion", "finish", "LLM calls", "call text", "answer"):
+        budget.add_column(col)
+    for row in probe:
+        budget.add_row(str(row["max_tokens"]), str(row["stream"]), str(row["answer_tokens"]),
+                       str(row["usage_completion_tokens"] or "-"), str(row["finish"]), str(row["llm_calls"]),
+                       str(row["call_text"]), repr(row["text"][:60]))  # fmt: skip
+    console.print(budget)
     for r in mine:
         if r["call_text"]:
             console.print(f"[red]call text[/red] {r['user']} {r['kind']}: {r['text'][:120]!r}")
@@ -141,6 +188,7 @@ def main() -> None:
         "plain_call_text": sum(r["call_text"] for r in results["plain"]), "llm_calls_per_request": calls,
         "tool_rounds_per_request": rounds, "p50_ms": p50,
         "answers": [{k: r[k] for k in ("user", "kind", "text", "finish", "call_text")} for r in mine],
+        "budget_probe": probe,
     }  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(summary, indent=2) + "\n")
