@@ -389,8 +389,6 @@ class PersonaAgent:
         persona: str | None = None
         transient: str | None = None
         generation: int | None = None
-        # Asked beside the persona (no added wait): whether the document search has anything to find.
-        documents = asyncio.create_task(self._has_documents()) if switches.tools else None
         if switches.persona:
             if persona_override is not None:
                 persona = persona_override
@@ -401,7 +399,10 @@ class PersonaAgent:
                 generation = record.details.get("generation")
 
         tools = list(BUILTIN_TOOLS) + client_tool_specs(client_tools) if switches.tools else []
-        if documents is not None and not await documents:
+        # Asked after the persona, not beside it: Ray Serve's router indexes pending calls by the request id
+        # they inherit from the HTTP request, so two concurrent calls of one request to the memory
+        # deployment could lose one (Ray 2.60.0, consistent-hash router; seen as chats hanging for 600 s).
+        if switches.tools and not await self._has_documents():
             # An empty collection is never offered: small models otherwise search it for greetings and
             # answer "No documents found" (Qwen2.5-Coder-1.5B did, 2 of 5 check-set answers, 2026-12-07).
             tools = [t for t in tools if t.name != "search_documents"]
