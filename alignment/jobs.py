@@ -19,6 +19,7 @@ import json
 import os
 import socket
 import uuid
+from abc import ABC, abstractmethod
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
@@ -106,8 +107,98 @@ def _job(row: Any) -> AlignmentJob:
     )  # fmt: skip
 
 
-class JobStore:
-    """`JobQueue` on a SQLite file: one process owns it, so a lease only matters within that process."""
+class SQLJobQueueBase(ABC):
+    """The `JobQueue` methods that read and write alike on SQLite and PostgreSQL: each query written once,
+    with `?` placeholders (`self._db.sql` turns them into the database's own). Queueing, claiming and
+    leases stay with each backend: they are where one SQLite connection and many PostgreSQL replicas
+    differ."""
+
+    _db: SQLiteFile | PostgresDatabase
+    lease_s: float
+    max_attempts: int
+
+    @abstractmethod
+    def _now(self) -> tuple[str, tuple[Any, ...]]:
+        """The SQL value of the current time, and its parameters (whose clock: see each backend)."""
+
+    @staticmethod
+    @abstractmethod
+    def _to_json(value: dict[str, Any]) -> Any: ...
+
+    @staticmethod
+    def _ts(value: datetime) -> Any:
+        """A timestamp as a parameter."""
+        return value
+
+    def get(self, job_id: str) -> AlignmentJob | None:
+        rows = self._db.query(self._db.sql(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?"), (job_id,))
+        return _job(rows[0]) if rows else None
+
+    def open_job_for(self, user_id: str) -> AlignmentJob | None:
+        rows = self._db.query(
+            self._db.sql(
+                f"SELECT {_COLUMNS} FROM jobs WHERE user_id = ? AND state IN ('queued', 'running')"
+                " ORDER BY created_at LIMIT 1"
+            ),
+            (user_id,),
+        )
+        return _job(rows[0]) if rows else None
+
+    def queued(self) -> list[AlignmentJob]:
+        rows = self._db.query(f"SELECT {_COLUMNS} FROM jobs WHERE state = 'queued' ORDER BY created_at")
+        return [_job(r) for r in rows]
+
+    def _fail_out_of_attempts(self, conn: Any, job_id: str, attempts: int) -> None:
+        """In `claim`'s transaction: the job was claimed `max_attempts` times and never finished; it fails."""
+        now, at = self._now()
+        conn.execute(
+            self._db.sql(
+                "UPDATE jobs SET state = 'failed', error = ?, worker = NULL, lease_until = NULL,"
+                f" updated_at = {now} WHERE id = ?"
+            ),
+            (_out_of_attempts(attempts), *at, job_id),
+        )
+
+    def finish(
+        self,
+        job_id: str,
+        worker: str,
+        state: Finished,
+        result: dict[str, Any] | None = None,
+        error: str | None = None,
+    ) -> bool:
+        """End a running job held by `worker`; False (nothing written) when another worker holds it now,
+        it ended already, or it is gone (its user was deleted)."""
+        now, at = self._now()
+        changed = self._db.execute(
+            self._db.sql(
+                f"UPDATE jobs SET state = ?, updated_at = {now}, result = COALESCE(?, result), error = ?,"
+                " worker = NULL, lease_until = NULL WHERE id = ? AND worker = ? AND state = 'running'"
+            ),
+            (state, *at, self._to_json(result) if result is not None else None, error, job_id, worker),
+        )
+        return changed > 0
+
+    def delete_user(self, user_id: str) -> int:
+        """Erase every job of the user (their answers, truths and candidate personas live in the results)."""
+        return self._db.execute(self._db.sql("DELETE FROM jobs WHERE user_id = ?"), (user_id,))
+
+    def delete_finished_before(self, cutoff: datetime) -> int:
+        """Retention: finished (done or failed) jobs last updated before `cutoff` go."""
+        return self._db.execute(
+            self._db.sql("DELETE FROM jobs WHERE state IN ('done', 'failed') AND updated_at < ?"),
+            (self._ts(cutoff),),
+        )
+
+    def close(self) -> None:
+        self._db.close()
+
+
+class JobStore(SQLJobQueueBase):
+    """`JobQueue` on a SQLite file: one process owns it, so a lease only matters within that process.
+    Times are this process's clock, stored as ISO text."""
+
+    _db: SQLiteFile
 
     def __init__(self, path: Path, lease_s: float = 60, max_attempts: int = 3) -> None:
         self._db = SQLiteFile(path, JOBS_SCHEMA)
@@ -121,6 +212,21 @@ class JobStore:
         self._db.execute(
             "UPDATE jobs SET state = 'queued', worker = NULL, lease_until = NULL WHERE state = 'running'"
         )
+
+    def _now(self) -> tuple[str, tuple[Any, ...]]:
+        return "?", (utcnow().isoformat(),)
+
+    @staticmethod
+    def _to_json(value: dict[str, Any]) -> str:
+        return json.dumps(value)
+
+    @staticmethod
+    def _ts(value: datetime) -> str:
+        return value.isoformat()
+
+    # Queueing, claiming and leases stay apart from PostgreSQL: the file's one connection runs each
+    # transaction alone, so nothing can queue or claim in between (PostgreSQL needs the unique index, row
+    # locks and SKIP LOCKED for that), and leases are on this process's clock (PostgreSQL's: the server's).
 
     def create(self, user_id: str, reason: str) -> AlignmentJob:
         now = utcnow().isoformat()
@@ -141,22 +247,6 @@ class JobStore:
                 return existing, False
             return self.create(user_id, reason), True
 
-    def get(self, job_id: str) -> AlignmentJob | None:
-        rows = self._db.query(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
-        return _job(rows[0]) if rows else None
-
-    def open_job_for(self, user_id: str) -> AlignmentJob | None:
-        rows = self._db.query(
-            f"SELECT {_COLUMNS} FROM jobs WHERE user_id = ? AND state IN ('queued', 'running')"
-            " ORDER BY created_at LIMIT 1",
-            (user_id,),
-        )
-        return _job(rows[0]) if rows else None
-
-    def queued(self) -> list[AlignmentJob]:
-        rows = self._db.query(f"SELECT {_COLUMNS} FROM jobs WHERE state = 'queued' ORDER BY created_at")
-        return [_job(r) for r in rows]
-
     def claim(self, worker: str, limit: int) -> list[AlignmentJob]:
         """Up to `limit` queued jobs (or running ones whose lease ran out), oldest first, now `running`
         under `worker`'s lease."""
@@ -170,11 +260,7 @@ class JobStore:
             ).fetchall()
             for job_id, attempts in rows:
                 if attempts >= self.max_attempts:
-                    conn.execute(
-                        "UPDATE jobs SET state = 'failed', error = ?, worker = NULL, lease_until = NULL,"
-                        " updated_at = ? WHERE id = ?",
-                        (_out_of_attempts(attempts), now.isoformat(), job_id),
-                    )
+                    self._fail_out_of_attempts(conn, job_id, attempts)
                 else:
                     conn.execute(
                         "UPDATE jobs SET state = 'running', worker = ?, lease_until = ?, attempts = attempts + 1,"
@@ -195,37 +281,6 @@ class JobStore:
             f"UPDATE jobs SET lease_until = ? WHERE worker = ? AND state = 'running' AND id IN ({marks})",
             (until, worker, *job_ids),
         )
-
-    def finish(
-        self,
-        job_id: str,
-        worker: str,
-        state: Finished,
-        result: dict[str, Any] | None = None,
-        error: str | None = None,
-    ) -> bool:
-        """End a running job held by `worker`; False (nothing written) when another worker holds it now,
-        it ended already, or it is gone (its user was deleted)."""
-        stored = json.dumps(result) if result is not None else None
-        changed = self._db.execute(
-            "UPDATE jobs SET state = ?, updated_at = ?, result = COALESCE(?, result), error = ?,"
-            " worker = NULL, lease_until = NULL WHERE id = ? AND worker = ? AND state = 'running'",
-            (state, utcnow().isoformat(), stored, error, job_id, worker),
-        )
-        return changed > 0
-
-    def delete_user(self, user_id: str) -> int:
-        """Erase every job of the user (their answers, truths and candidate personas live in the results)."""
-        return self._db.execute("DELETE FROM jobs WHERE user_id = ?", (user_id,))
-
-    def delete_finished_before(self, cutoff: datetime) -> int:
-        """Retention: finished (done or failed) jobs last updated before `cutoff` go."""
-        return self._db.execute(
-            "DELETE FROM jobs WHERE state IN ('done', 'failed') AND updated_at < ?", (cutoff.isoformat(),)
-        )
-
-    def close(self) -> None:
-        self._db.close()
 
 
 # Append-only (personaagent.postgres.PostgresDatabase.migrate): a schema change is a new entry.
@@ -251,15 +306,30 @@ JOBS_MIGRATIONS: list[str] = [
 ]
 
 
-class PostgresJobStore:
+class PostgresJobStore(SQLJobQueueBase):
     """`JobQueue` in the shared PostgreSQL database: any number of schedulers claim from it. Leases are
     measured on the database's clock (`now()`), so replicas' clocks need not agree."""
+
+    _db: PostgresDatabase
 
     def __init__(self, db: PostgresDatabase, lease_s: float = 60, max_attempts: int = 3) -> None:
         self._db = db
         self.lease_s = lease_s
         self.max_attempts = max_attempts
         db.migrate("jobs", JOBS_MIGRATIONS)
+
+    def _now(self) -> tuple[str, tuple[Any, ...]]:
+        return "now()", ()
+
+    @staticmethod
+    def _to_json(value: dict[str, Any]) -> Any:
+        from psycopg.types.json import Json
+
+        return Json(value)
+
+    # Queueing, claiming and leases stay apart from SQLite: replicas queue and claim together, so the
+    # unique index decides who queues (ON CONFLICT) and claimers lock the rows they take, skipping those
+    # another claimer holds (FOR UPDATE SKIP LOCKED).
 
     def _insert(self, user_id: str, reason: str) -> AlignmentJob | None:
         """A new queued job; None when the user has an open one already (the unique index decides)."""
@@ -288,22 +358,6 @@ class PostgresJobStore:
                 return existing, False
         raise RuntimeError(f"could not queue an alignment for user '{user_id}'")
 
-    def get(self, job_id: str) -> AlignmentJob | None:
-        rows = self._db.query(f"SELECT {_COLUMNS} FROM jobs WHERE id = %s", (job_id,))
-        return _job(rows[0]) if rows else None
-
-    def open_job_for(self, user_id: str) -> AlignmentJob | None:
-        rows = self._db.query(
-            f"SELECT {_COLUMNS} FROM jobs WHERE user_id = %s AND state IN ('queued', 'running')"
-            " ORDER BY created_at LIMIT 1",
-            (user_id,),
-        )
-        return _job(rows[0]) if rows else None
-
-    def queued(self) -> list[AlignmentJob]:
-        rows = self._db.query(f"SELECT {_COLUMNS} FROM jobs WHERE state = 'queued' ORDER BY created_at")
-        return [_job(r) for r in rows]
-
     def claim(self, worker: str, limit: int) -> list[AlignmentJob]:
         lease = timedelta(seconds=self.lease_s)
         with self._db.transaction() as conn:
@@ -315,11 +369,7 @@ class PostgresJobStore:
             spent = [r["id"] for r in candidates if r["attempts"] >= self.max_attempts]
             for row in candidates:
                 if row["id"] in spent:
-                    conn.execute(
-                        "UPDATE jobs SET state = 'failed', error = %s, worker = NULL, lease_until = NULL,"
-                        " updated_at = now() WHERE id = %s",
-                        (_out_of_attempts(row["attempts"]), row["id"]),
-                    )
+                    self._fail_out_of_attempts(conn, row["id"], row["attempts"])
             taken = [r["id"] for r in candidates if r["id"] not in spent]
             if not taken:
                 return []
@@ -337,36 +387,6 @@ class PostgresJobStore:
             "UPDATE jobs SET lease_until = now() + %s WHERE worker = %s AND state = 'running' AND id = ANY(%s)",
             (timedelta(seconds=self.lease_s), worker, job_ids),
         )
-
-    def finish(
-        self,
-        job_id: str,
-        worker: str,
-        state: Finished,
-        result: dict[str, Any] | None = None,
-        error: str | None = None,
-    ) -> bool:
-        from psycopg.types.json import Json
-
-        return (
-            self._db.execute(
-                "UPDATE jobs SET state = %s, updated_at = now(), result = COALESCE(%s, result), error = %s,"
-                " worker = NULL, lease_until = NULL WHERE id = %s AND worker = %s AND state = 'running'",
-                (state, Json(result) if result is not None else None, error, job_id, worker),
-            )
-            > 0
-        )
-
-    def delete_user(self, user_id: str) -> int:
-        return self._db.execute("DELETE FROM jobs WHERE user_id = %s", (user_id,))
-
-    def delete_finished_before(self, cutoff: datetime) -> int:
-        return self._db.execute(
-            "DELETE FROM jobs WHERE state IN ('done', 'failed') AND updated_at < %s", (cutoff,)
-        )
-
-    def close(self) -> None:
-        self._db.close()
 
 
 def open_job_queue(settings: Settings) -> JobQueue:

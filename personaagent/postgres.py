@@ -87,6 +87,12 @@ class PostgresDatabase:
             ) from exc
         logger.info("store: PostgreSQL at %s (pool %s)", self.where, name)
 
+    @staticmethod
+    def sql(text: str) -> str:
+        """A statement shared with SQLite (written with its `?` placeholders), as psycopg takes it: each `?`
+        becomes `%s`. Shared statements hold no literal `?` or `%` (values travel only as parameters)."""
+        return text.replace("?", "%s")
+
     @contextmanager
     def connection(self) -> Iterator[psycopg.Connection[DictRow]]:
         """A pooled connection in autocommit; connection failures surface as `StoreUnavailable`."""

@@ -33,6 +33,11 @@ class SQLiteFile:
                 if name not in present:
                     conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {declaration}")
 
+    @staticmethod
+    def sql(text: str) -> str:
+        """A statement shared with PostgreSQL (written with `?` placeholders), as SQLite takes it: as is."""
+        return text
+
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """All or nothing, committed (to disk) before the block's caller goes on."""
