@@ -15,6 +15,7 @@ loop and the evaluation run this same code.
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import logging
 import time
@@ -52,6 +53,39 @@ class AgentMemory(Protocol):
     async def get_profile_text(self, user_id: str) -> str | None: ...
     async def search_documents(self, query: str, k: int) -> list[DocumentHit]: ...
     async def document_count(self) -> int: ...
+
+
+class OneMemoryCallAtATime:
+    """An `AgentMemory` whose calls run one at a time: the memory port of the `n` side-by-side runs of one
+    request. Why: calls made within one request share Ray Serve's internal request id, and its
+    consistent-hash router (the memory deployment's) indexes pending calls by that id, so two at once could
+    lose one and hang the chat (Ray 2.60.0). Memory calls take milliseconds; the engine calls, which take
+    the time, still run side by side."""
+
+    def __init__(self, memory: AgentMemory) -> None:
+        self._memory = memory
+        self._lock = asyncio.Lock()
+
+    async def _one(self, method: str, *args: Any) -> Any:
+        async with self._lock:
+            return await getattr(self._memory, method)(*args)
+
+    async def ensure_persona(self, user_id: str) -> PersonaVersion:
+        return await self._one("ensure_persona", user_id)
+
+    async def search(
+        self, user_id: str, query: str, k: int, exclude_ids: tuple[int, ...] = ()
+    ) -> list[MemoryHit] | None:
+        return await self._one("search", user_id, query, k, exclude_ids)
+
+    async def get_profile_text(self, user_id: str) -> str | None:
+        return await self._one("get_profile_text", user_id)
+
+    async def search_documents(self, query: str, k: int) -> list[DocumentHit]:
+        return await self._one("search_documents", query, k)
+
+    async def document_count(self) -> int:
+        return await self._one("document_count")
 
 
 class AgentOptions(BaseModel):
@@ -825,8 +859,10 @@ class PersonaAgent:
         add them up. Streamed, their chunks interleave with each choice's own `index`."""
         runs = [plan.model_copy(deep=True) for _ in range(n)]
         one = {**request, "n": 1}
+        side_by_side = copy.copy(self)  # the same agent, its memory calls one at a time (see the class)
+        side_by_side.memory = OneMemoryCallAtATime(self.memory)
         if not request.get("stream"):
-            results = await asyncio.gather(*(self._complete(run, one) for run in runs))
+            results = await asyncio.gather(*(side_by_side._complete(run, one) for run in runs))
             self._merge_runs(plan, runs)
             for result in results:
                 if "error" in result:
@@ -840,7 +876,7 @@ class PersonaAgent:
 
         async def pump(i: int, run: AgentPlan) -> None:
             try:
-                async for item in self._stream(run, one):
+                async for item in side_by_side._stream(run, one):
                     await queue.put((i, item))
             finally:
                 await queue.put((i, None))

@@ -6,6 +6,7 @@ parser reads and as text it does not; the same rules run on the real stack in te
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -177,3 +178,28 @@ async def test_n_choices_are_each_complete_with_their_own_rounds() -> None:
         assert texts == {0: "alpha beta", 1: "alpha beta"} and finishes == {0: "stop", 1: "stop"}, stream
         assert all("n" not in b for b in engine.bodies) and len(engine.bodies) == 2
         assert sorted(r.choice for r in plan.rounds) == [0, 1] and plan.usage.calls == 2
+
+
+async def test_n_choices_call_the_memory_one_at_a_time() -> None:
+    """Two calls of one request at once to the memory deployment could be lost by Ray Serve's router (they
+    share the request's internal id): the `n` runs' tool calls take turns; their engine calls do not."""
+    for stream in (False, True):
+        searches = [[call("search_memory", {"query": f"q{i}"})] for i in range(2)]
+        agent, _, memory = _agent([*searches, "one", "two"], auto_memory_search=False)
+        in_flight, most = 0, 0
+        search = memory.search
+
+        async def slow_search(*args: Any, search: Any = search, **kwargs: Any) -> Any:
+            nonlocal in_flight, most
+            in_flight += 1
+            most = max(most, in_flight)
+            await asyncio.sleep(0.01)  # long enough for the other run to call too, were it let through
+            try:
+                return await search(*args, **kwargs)
+            finally:
+                in_flight -= 1
+
+        memory.search = slow_search  # type: ignore[method-assign]
+        plan = await agent.prepare("u1", [{"role": "user", "content": "q"}])
+        _ = [i async for i in agent.generate(plan, {"stream": stream, "n": 2})]
+        assert sorted(memory.searches) == ["q0", "q1"] and most == 1, (stream, most)
